@@ -1,0 +1,111 @@
+// CPU extension vasa_engine._C: driving keypoints on numpy float32 arrays, and build information.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "array_checks.h"
+#include "keypoint_math.h"
+
+namespace py = pybind11;
+
+#ifndef VASA_CXX_COMPILER
+#define VASA_CXX_COMPILER "unknown"
+#endif
+#ifndef VASA_CUDA_BUILT
+#define VASA_CUDA_BUILT 0
+#endif
+#ifndef VASA_CUDA_COMPILER
+#define VASA_CUDA_COMPILER ""
+#endif
+#ifndef VASA_CUDA_ARCHS
+#define VASA_CUDA_ARCHS ""
+#endif
+
+namespace {
+
+// A C-contiguous float32 numpy array (writeable if `writeable`), or ValueError naming the argument.
+const py::array& checked(const py::array& a, const char* name, bool writeable = false) {
+    if (!py::isinstance<py::array_t<float>>(a)) {
+        throw vasa::ArgumentError(std::string("driving_keypoints: ") + name + " must be float32, got " +
+                                  py::str(a.dtype()).cast<std::string>());
+    }
+    if (!(a.flags() & py::array::c_style)) {
+        throw vasa::ArgumentError(std::string("driving_keypoints: ") + name + " must be C-contiguous");
+    }
+    if (writeable && !a.writeable()) {
+        throw vasa::ArgumentError(std::string("driving_keypoints: ") + name + " must be writeable");
+    }
+    return a;
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+    return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+const float* data_of(const py::array& a) { return static_cast<const float*>(a.data()); }
+
+void driving_keypoints(const py::array& kp, const py::array& pitch, const py::array& yaw, const py::array& roll,
+                       const py::array& exp, const py::array& t, const py::array& scale, py::array out) {
+    checked(kp, "kp");
+    checked(pitch, "pitch");
+    checked(yaw, "yaw");
+    checked(roll, "roll");
+    checked(exp, "exp");
+    checked(t, "t");
+    checked(scale, "scale");
+    checked(out, "out", true);
+    const vasa::KeypointDims d = vasa::check_keypoint_shapes(shape_of(kp), shape_of(pitch), shape_of(yaw),
+                                                             shape_of(roll), shape_of(exp), shape_of(t),
+                                                             shape_of(scale), shape_of(out));
+    const float *kp_p = data_of(kp), *pitch_p = data_of(pitch), *yaw_p = data_of(yaw), *roll_p = data_of(roll);
+    const float *exp_p = data_of(exp), *t_p = data_of(t), *scale_p = data_of(scale);
+    float* out_p = static_cast<float*>(out.mutable_data());
+    py::gil_scoped_release no_gil;
+    for (int64_t b = 0; b < d.batch; ++b) {
+        const vasa::Mat3 r = vasa::pose_matrix(pitch_p[b], yaw_p[b], roll_p[b]);
+        const float* kp_b = kp_p + (d.kp_batch == 1 ? 0 : b * d.num_kp * 3);
+        for (int64_t k = 0; k < d.num_kp; ++k) {
+            const int64_t i = b * d.num_kp + k;
+            vasa::driving_keypoint(r, kp_b + k * 3, exp_p + i * 3, t_p[b * 3], t_p[b * 3 + 1], scale_p[b],
+                                   out_p + i * 3);
+        }
+    }
+}
+
+py::list split_archs(const std::string& s) {
+    py::list out;
+    size_t start = 0;
+    while (start < s.size()) {
+        size_t end = s.find_first_of(",;", start);
+        if (end == std::string::npos) end = s.size();
+        if (end > start) out.append(s.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}
+
+py::dict build_info() {
+    py::dict info;
+    info["compiler"] = VASA_CXX_COMPILER;
+    info["cuda"] = static_cast<bool>(VASA_CUDA_BUILT);
+    info["cuda_compiler"] = VASA_CUDA_COMPILER;
+    info["cuda_archs"] = split_archs(VASA_CUDA_ARCHS);
+    return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "Native CPU kernels of vasa_engine";
+    m.def("driving_keypoints", &driving_keypoints, py::arg("kp"), py::arg("pitch"), py::arg("yaw"), py::arg("roll"),
+          py::arg("exp"), py::arg("t"), py::arg("scale"), py::arg("out"),
+          "Driving keypoints into `out` (B, K, 3): scale * (kp @ R(pitch, yaw, roll) + exp) + (t_x, t_y, 0).\n"
+          "All arguments are C-contiguous float32 numpy arrays: kp (B, K, 3) or (1, K, 3); pitch, yaw, roll,\n"
+          "scale (B,) in degrees for the angles; exp (B, K, 3); t (B, 3). Raises ValueError on bad arguments.");
+    m.def("build_info", &build_info,
+          "Dict: compiler, cuda (whether the CUDA extension _C_cuda was built alongside), cuda_compiler, "
+          "cuda_archs.");
+}

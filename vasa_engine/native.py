@@ -1,0 +1,215 @@
+"""The optional native extensions: vasa_engine._C (CPU) and vasa_engine._C_cuda (CUDA).
+
+Both are loaded lazily, on first use; a missing or broken extension never makes `import vasa_engine` fail, it only
+routes the operations here to their PyTorch references. `extension_info()` says what was found and why not.
+This module imports nothing heavy at import time (torch is imported inside the functions that need it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+_lock = threading.Lock()
+_loaded: dict[str, tuple[ModuleType | None, str | None]] = {}
+_device_support: dict[tuple[int, int], bool] = {}
+
+
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    with _lock:
+        if name not in _loaded:
+            try:
+                _loaded[name] = (importlib.import_module(f"vasa_engine.{name}"), None)
+            except Exception as exc:  # noqa: BLE001 - not built (ImportError), or built against something absent here
+                _loaded[name] = (None, f"{type(exc).__name__}: {exc}")
+        return _loaded[name]
+
+
+def cpu_module() -> ModuleType | None:
+    """vasa_engine._C, or None when it is not built or does not import."""
+    return _load("_C")[0]
+
+
+def cuda_module() -> ModuleType | None:
+    """vasa_engine._C_cuda, or None when it is not built or does not import (importing needs no GPU)."""
+    return _load("_C_cuda")[0]
+
+
+def extension_info() -> dict[str, Any]:
+    """What native code is available: {built, reason, path, compiler, cuda_built, cuda_reason, cuda_path,
+    cuda_compiler, cuda_archs}. `reason` / `cuda_reason` say why a module did not load (None when it did)."""
+    cpu, cpu_reason = _load("_C")
+    cuda, cuda_reason = _load("_C_cuda")
+    info: dict[str, Any] = {
+        "built": cpu is not None,
+        "reason": cpu_reason,
+        "path": getattr(cpu, "__file__", None),
+        "compiler": None,
+        "cuda_built": cuda is not None,
+        "cuda_reason": cuda_reason,
+        "cuda_path": getattr(cuda, "__file__", None),
+        "cuda_compiler": None,
+        "cuda_archs": [],
+    }
+    if cpu is not None:
+        info["compiler"] = cpu.build_info().get("compiler")
+    if cuda is not None:
+        cuda_info = cuda.build_info()
+        info["cuda_compiler"] = cuda_info.get("cuda_compiler")
+        info["cuda_archs"] = list(cuda_info.get("cuda_archs", []))
+    return info
+
+
+def require_native(cuda: bool = False) -> None:
+    """Raise VasaError naming the reason when the CPU extension (or, with cuda=True, the CUDA one) is missing."""
+    from .errors import VasaError
+
+    for name, wanted in (("_C", True), ("_C_cuda", cuda)):
+        mod, reason = _load(name)
+        if wanted and mod is None:
+            raise VasaError(f"native extension vasa_engine.{name} is not available ({reason}); "
+                            "rebuild with `pip install -e .` or `python setup.py build_ext --inplace`")
+
+
+def _arch_runs_on(arch: str, major: int, minor: int) -> bool:
+    """Whether code built for a CMake CUDA architecture entry ('89-real', '90', '90a-real', ...) runs on sm_XY."""
+    name, _, kind = arch.partition("-")
+    specific = name.endswith(("a", "f"))
+    digits = name.rstrip("af")
+    if not digits.isdigit():
+        return False
+    a_major, a_minor = divmod(int(digits), 10)
+    sass = kind in ("", "real") and (
+        (a_major, a_minor) == (major, minor) if specific else a_major == major and a_minor <= minor)
+    ptx = kind in ("", "virtual") and not specific and (a_major, a_minor) <= (major, minor)
+    return sass or ptx
+
+
+def _cuda_runs_on(device: Any, mod: ModuleType) -> bool:
+    import torch
+
+    cap = torch.cuda.get_device_capability(device)
+    if cap not in _device_support:
+        archs = mod.build_info().get("cuda_archs", [])
+        _device_support[cap] = any(_arch_runs_on(str(a), cap[0], cap[1]) for a in archs)
+    return _device_support[cap]
+
+
+def _disable_cuda_for(device: Any, exc: Exception) -> None:
+    import warnings
+
+    import torch
+
+    _device_support[torch.cuda.get_device_capability(device)] = False
+    warnings.warn(f"vasa_engine._C_cuda cannot launch on {torch.cuda.get_device_name(device)} ({exc}); "
+                  "using the PyTorch reference instead", RuntimeWarning, stacklevel=3)
+
+
+def driving_keypoints(kp, pitch, yaw, roll, exp, t, scale):
+    """Driving keypoints (B, K, 3) float32: scale * (kp @ R(pitch, yaw, roll) + exp), then + t on x and y.
+
+    kp: (B, K, 3) or (1, K, 3) (also (B, 3K) / (1, 3K)); pitch, yaw, roll: (B,) degrees; exp: (B, K, 3) or
+    (B, 3K); t: (B, 3); scale: (B,) (or (B, 1)). Torch tensors; everything is moved to exp's device and computed
+    in float32. CPU tensors go through vasa_engine._C, CUDA tensors through vasa_engine._C_cuda on the current
+    stream; without the extension (or when gradients are needed) the PyTorch reference computes it.
+    """
+    import torch
+
+    device = exp.device
+    batch = exp.shape[0]
+
+    def prep(x, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        x = torch.as_tensor(x).to(device=device, dtype=torch.float32)
+        if x.numel() != _numel(shape) or (x.dim() > 0 and x.shape[0] != shape[0]):
+            raise ValueError(f"driving_keypoints: {name} must have shape {shape}, got {tuple(x.shape)}")
+        return x.reshape(shape).contiguous()
+
+    per_frame = _numel(tuple(exp.shape[1:]))
+    if exp.dim() < 2 or per_frame % 3 != 0:
+        raise ValueError(f"driving_keypoints: exp must have shape (B, K, 3) or (B, 3K), got {tuple(exp.shape)}")
+    num_kp = per_frame // 3
+    kp_batch = kp.shape[0] if kp.dim() >= 2 else -1
+    if kp_batch not in (1, batch):
+        raise ValueError(f"driving_keypoints: kp must have shape ({batch}, {num_kp}, 3) or (1, {num_kp}, 3), "
+                         f"got {tuple(kp.shape)}")
+    args = (
+        prep(kp, "kp", (kp_batch, num_kp, 3)),
+        prep(pitch, "pitch", (batch,)),
+        prep(yaw, "yaw", (batch,)),
+        prep(roll, "roll", (batch,)),
+        prep(exp, "exp", (batch, num_kp, 3)),
+        prep(t, "t", (batch, 3)),
+        prep(scale, "scale", (batch,)),
+    )
+    out = torch.empty((batch, num_kp, 3), device=device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out
+
+    needs_grad = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+    if not needs_grad:
+        if device.type == "cpu":
+            mod = cpu_module()
+            if mod is not None:
+                mod.driving_keypoints(*(a.detach().numpy() for a in args), out.numpy())
+                return out
+        elif device.type == "cuda":
+            mod = cuda_module()
+            if mod is not None and _cuda_runs_on(device, mod):
+                try:
+                    with torch.cuda.device(device):
+                        stream = torch.cuda.current_stream(device).cuda_stream
+                        mod.driving_keypoints(*(a.data_ptr() for a in args), out.data_ptr(), batch, num_kp,
+                                              kp_batch, stream)
+                    return out
+                except RuntimeError as exc:  # e.g. a driver older than the CUDA runtime the module was built with
+                    _disable_cuda_for(device, exc)
+    return _reference(*args)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _reference(kp, pitch, yaw, roll, exp, t, scale):
+    from .models.keypoints import rotation_matrix, transform_keypoints
+
+    kp = kp.expand(exp.shape[0], -1, -1)
+    return transform_keypoints(kp, rotation_matrix(pitch, yaw, roll), exp, t, scale).float()
+
+
+class _SourceKernelsFinder(importlib.abc.MetaPathFinder):
+    """Resolves vasa_engine.kernels to the top-level kernels/ folder of a source checkout."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "vasa_engine.kernels":
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, self.folder / "__init__.py", submodule_search_locations=[str(self.folder)])
+
+
+def install_kernels_fallback() -> bool:
+    """Make `import vasa_engine.kernels` work from a source checkout that was never pip-installed (for example
+    after `python setup.py build_ext --inplace`). Installed and editable installs resolve it themselves; this
+    finder goes last on sys.meta_path, so it only answers when nothing else does. Returns whether it was added."""
+    pkg = Path(__file__).resolve().parent
+    source_kernels = pkg.parent / "kernels"
+    if (pkg / "kernels").is_dir() or not (pkg.parent / "pyproject.toml").is_file():
+        return False
+    if not (source_kernels / "__init__.py").is_file():
+        return False
+    if any(isinstance(f, _SourceKernelsFinder) for f in sys.meta_path):
+        return False
+    sys.meta_path.append(_SourceKernelsFinder(source_kernels))
+    return True
