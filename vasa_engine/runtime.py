@@ -1,0 +1,66 @@
+"""Devices and dtypes: what "auto" means on this machine, and what the install can use."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device {device!r} (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """"auto" is float16 on CUDA (the reference renderer's own half-precision mode) and float32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r} (use auto, float32, float16 or bfloat16)")
+    resolved = DTYPES[dtype]
+    if device.type == "cpu" and resolved == torch.float16:
+        raise InputError("float16 is not supported on the CPU (use float32 or bfloat16)")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} (sm_{props.major}{props.minor})"
+    import platform
+
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def stage_backends(device: torch.device) -> dict[str, str]:
+    """Which implementation each stage runs on `device`."""
+    return {
+        "renderer": "pytorch (reference)",
+        "keypoint transform": "native extension" if _native_ok(device) else "pytorch (reference)",
+    }
+
+
+def _native_ok(device: torch.device) -> bool:
+    from . import native
+
+    info = native.extension_info()
+    return bool(info.get("cuda_built") if device.type == "cuda" else info.get("built"))
