@@ -1,0 +1,52 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def parity_dir() -> Path:
+    """Parity fixtures: $VASA_PARITY_DIR, else ../shared/fixtures/parity beside the repository."""
+    return Path(os.environ.get("VASA_PARITY_DIR", REPO.parent / "shared" / "fixtures" / "parity"))
+
+
+def require_parity_dir() -> Path:
+    folder = parity_dir()
+    if not folder.is_dir():
+        message = f"parity fixtures not found at {folder} (set VASA_PARITY_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||, in float64; NaN anywhere in out gives NaN (which fails any bound)."""
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Engine-format weights of the reduced renderer config, seeded random."""
+    from vasa_engine import Engine
+    from vasa_engine.config import RendererConfig
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    Engine(None, device="cpu", config=RendererConfig.tiny(), seed=3).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_weights):
+    from vasa_engine import Engine
+
+    return Engine(tiny_weights, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_image() -> Path:
+    return REPO / "vasa_engine" / "assets" / "astronaut.png"

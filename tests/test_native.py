@@ -1,0 +1,217 @@
+"""The native driving-keypoint kernel (vasa_engine._C / _C_cuda) against the PyTorch reference."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vasa_engine import native
+from vasa_engine.models.keypoints import rotation_matrix, transform_keypoints
+
+REPO = Path(__file__).resolve().parent.parent
+CSRC = REPO / "csrc"
+TOL = 1e-6
+
+
+def _require(mod, what: str):
+    """The module, or skip (fail under CI=true, where the build must have produced it)."""
+    if mod is not None:
+        return mod
+    info = native.extension_info()
+    reason = info["reason"] if what == "_C" else info["cuda_reason"]
+    message = f"vasa_engine.{what} is not built ({reason})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def ext():
+    return _require(native.cpu_module(), "_C")
+
+
+def _rel_err(out, ref) -> float:
+    out, ref = torch.as_tensor(out).double(), torch.as_tensor(ref).double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def _inputs(batch: int, num_kp: int, kp_batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    angles = (torch.rand(3, batch, generator=g) * 2 - 1) * 180
+    if batch >= 3:  # the extremes and zero, on each angle
+        angles[:, :3] = torch.tensor([-180.0, 0.0, 180.0])
+    return {
+        "kp": torch.randn(kp_batch, num_kp, 3, generator=g) * 0.5,
+        "pitch": angles[0].contiguous(),
+        "yaw": angles[1].contiguous(),
+        "roll": angles[2].contiguous(),
+        "exp": torch.randn(batch, num_kp, 3, generator=g) * 0.05,
+        "t": torch.randn(batch, 3, generator=g) * 0.1,
+        "scale": torch.rand(batch, generator=g) * 1.5 + 0.5,
+    }
+
+
+def _reference64(x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The PyTorch reference in float64, on the float32 inputs."""
+    d = {k: v.double() for k, v in x.items()}
+    kp = d["kp"].expand(d["exp"].shape[0], -1, -1)
+    return transform_keypoints(kp, rotation_matrix(d["pitch"], d["yaw"], d["roll"]), d["exp"], d["t"], d["scale"])
+
+
+ORDER = ("kp", "pitch", "yaw", "roll", "exp", "t", "scale")
+SHAPES = [(b, k, kb) for b in (1, 3, 7) for k in (1, 21, 5) for kb in (1, b)]
+
+
+@pytest.mark.parametrize("batch,num_kp,kp_batch", SHAPES)
+def test_cpu_matches_reference(ext, batch, num_kp, kp_batch):
+    x = _inputs(batch, num_kp, kp_batch, seed=1000 * batch + 10 * num_kp + kp_batch)
+    out = np.full((batch, num_kp, 3), np.nan, dtype=np.float32)
+    ext.driving_keypoints(*(x[k].numpy() for k in ORDER), out)
+    assert np.isfinite(out).all(), "some outputs were not written"
+    err = _rel_err(out, _reference64(x))
+    assert err <= TOL, f"relative error {err:.3g} > {TOL:g}"
+
+
+def test_cpu_large_angles_and_kp_broadcast(ext):
+    """Angles far outside +-180 (reduced exactly), and a shared kp equal to the per-frame copies."""
+    x = _inputs(7, 21, 1, seed=7)
+    g = torch.Generator().manual_seed(8)
+    for name in ("pitch", "yaw", "roll"):
+        x[name] = x[name] + 360.0 * torch.randint(-3, 4, (7,), generator=g).float()
+    shared = np.full((7, 21, 3), np.nan, dtype=np.float32)
+    ext.driving_keypoints(*(x[k].numpy() for k in ORDER), shared)
+    assert _rel_err(shared, _reference64(x)) <= TOL
+    x["kp"] = x["kp"].expand(7, -1, -1).contiguous()
+    per_frame = np.full((7, 21, 3), np.nan, dtype=np.float32)
+    ext.driving_keypoints(*(x[k].numpy() for k in ORDER), per_frame)
+    np.testing.assert_array_equal(shared, per_frame)
+
+
+def test_wrapper_cpu_matches_reference():
+    """native.driving_keypoints on CPU tensors (extension or fallback), including (B, 3K) layouts."""
+    x = _inputs(3, 21, 1, seed=11)
+    ref = _reference64(x)
+    out = native.driving_keypoints(**x)
+    assert out.dtype == torch.float32 and out.shape == (3, 21, 3)
+    assert _rel_err(out, ref) <= TOL
+    flat = dict(x, kp=x["kp"].reshape(1, -1), exp=x["exp"].reshape(3, -1), scale=x["scale"][:, None])
+    assert _rel_err(native.driving_keypoints(**flat), ref) <= TOL
+    x64 = {k: v.double() for k, v in x.items()}  # other dtypes are converted to float32
+    assert native.driving_keypoints(**x64).dtype == torch.float32
+
+
+def test_wrapper_keeps_gradients():
+    x = _inputs(3, 5, 3, seed=12)
+    x["exp"].requires_grad_(True)
+    out = native.driving_keypoints(**x)
+    out.sum().backward()
+    assert x["exp"].grad is not None and torch.isfinite(x["exp"].grad).all()
+
+
+def _bad_cases():
+    b, k = 3, 5
+    good = {n: v.numpy() for n, v in _inputs(b, k, b, seed=3).items()}
+    out = np.zeros((b, k, 3), np.float32)
+    yield "kp last dim", dict(good, kp=np.zeros((b, k, 2), np.float32)), out
+    yield "kp batch", dict(good, kp=np.zeros((2, k, 3), np.float32)), out
+    yield "kp K", dict(good, kp=np.zeros((b, k + 1, 3), np.float32)), out
+    yield "exp 2-d", dict(good, exp=np.zeros((b, 3 * k), np.float32)), out
+    yield "pitch length", dict(good, pitch=np.zeros(b + 1, np.float32)), out
+    yield "roll 2-d", dict(good, roll=np.zeros((b, 1), np.float32)), out
+    yield "t shape", dict(good, t=np.zeros((b, 2), np.float32)), out
+    yield "scale length", dict(good, scale=np.zeros(1, np.float32)), out
+    yield "out shape", good, np.zeros((b, k, 2), np.float32)
+    yield "float64", dict(good, exp=good["exp"].astype(np.float64)), out
+    yield "non-contiguous", dict(good, exp=np.asfortranarray(good["exp"])), out
+    yield "out float64", good, np.zeros((b, k, 3), np.float64)
+    yield "out non-contiguous", good, np.zeros((b, k, 6), np.float32)[..., ::2]
+    readonly = np.zeros((b, k, 3), np.float32)
+    readonly.flags.writeable = False
+    yield "out read-only", good, readonly
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])
+def test_cpu_bad_arguments_raise(ext, case):
+    _, args, out = case
+    with pytest.raises(ValueError, match="driving_keypoints"):
+        ext.driving_keypoints(*(args[k] for k in ORDER), out)
+
+
+def test_build_info(ext):
+    info = ext.build_info()
+    assert set(info) >= {"compiler", "cuda", "cuda_archs"}
+    assert info["cuda"] == (native.cuda_module() is not None)
+    summary = native.extension_info()
+    assert summary["built"] and summary["reason"] is None
+
+
+# --- CUDA: compile report (needs only nvcc) and the launch itself (needs a GPU) ---------------------------------
+
+NVCC = shutil.which("nvcc") or next(
+    (str(p) for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc",) if p.exists()), None)
+
+
+def _ptxas_report(arch: str, tmp_path: Path) -> tuple[int, int, int, int]:
+    """(registers, stack bytes, spill store bytes, spill load bytes) of the kernel compiled for `arch`."""
+    cubin = tmp_path / f"keypoints_{arch}.cubin"
+    cmd = [NVCC, "-cubin", f"-arch={arch}", "-O3", "-std=c++17", f"-I{CSRC}", "-Xptxas", "-v",
+           str(CSRC / "keypoints_cuda.cu"), "-o", str(cubin)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"nvcc failed for {arch}:\n{report}"
+    assert "driving_keypoints_kernel" in report, report
+    regs = re.search(r"Used (\d+) registers", report)
+    frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    assert regs and frame, f"unexpected ptxas report:\n{report}"
+    return int(regs.group(1)), int(frame.group(1)), int(frame.group(2)), int(frame.group(3))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+@pytest.mark.parametrize("arch", ["sm_89", "sm_90a"])
+def test_cuda_kernel_compiles_without_spills(arch, tmp_path):
+    regs, stack, spill_st, spill_ld = _ptxas_report(arch, tmp_path)
+    print(f"{arch}: {regs} registers, {stack} bytes stack, {spill_st}/{spill_ld} bytes spill stores/loads")
+    assert spill_st == 0 and spill_ld == 0, f"{arch}: {spill_st} bytes spill stores, {spill_ld} bytes spill loads"
+    assert regs <= 64, f"{arch}: {regs} registers for a 128-thread block"
+
+
+def _cuda_ext():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return _require(native.cuda_module(), "_C_cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch,num_kp,kp_batch", [(1, 21, 1), (7, 21, 1), (7, 5, 7), (300, 21, 1), (3, 1, 3)])
+def test_cuda_matches_reference(batch, num_kp, kp_batch):
+    _cuda_ext()
+    x = _inputs(batch, num_kp, kp_batch, seed=500 + batch + num_kp)
+    ref = _reference64(x)
+    dev = {k: v.cuda() for k, v in x.items()}
+    # Through the wrapper (current stream), then a raw launch into a NaN-filled buffer on a side stream.
+    out = native.driving_keypoints(**dev)
+    assert out.is_cuda and out.dtype == torch.float32
+    assert _rel_err(out.cpu(), ref) <= TOL
+    raw = torch.full((batch, num_kp, 3), float("nan"), device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        native.cuda_module().driving_keypoints(*(dev[k].data_ptr() for k in ORDER), raw.data_ptr(), batch, num_kp,
+                                               kp_batch, stream.cuda_stream)
+    stream.synchronize()
+    assert torch.isfinite(raw).all(), "some outputs were not written"
+    assert _rel_err(raw.cpu(), ref) <= TOL
+
+
+@pytest.mark.gpu
+def test_cuda_bad_arguments_raise():
+    ext = _cuda_ext()
+    with pytest.raises(ValueError, match="kp_batch"):
+        ext.driving_keypoints(1, 1, 1, 1, 1, 1, 1, 1, 3, 21, 2, 0)
