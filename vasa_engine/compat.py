@@ -7,6 +7,7 @@ weights under their public checkpoint keys, makes the call and returns the outpu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -33,26 +34,26 @@ def _module(cls, cfg, state: dict[str, torch.Tensor], what: str):
     return module
 
 
-def _appearance(cfg, w, x):
+def _appearance(cfg, w, x, call=None):
     m = _module(AppearanceFeatureExtractor, _config(AppearanceConfig, cfg), w, "appearance_feature_extractor")
     return {"feature_3d": m(x["source_image"])}
 
 
-def _motion_extractor(cfg, w, x):
+def _motion_extractor(cfg, w, x, call=None):
     m = _module(MotionExtractor, _config(MotionExtractorConfig, cfg), w, "motion_extractor")
     return m(x["image"])
 
 
-def _warping(cfg, w, x):
+def _warping(cfg, w, x, call=None):
     m = _module(WarpingNetwork, _config(WarpingConfig, cfg), w, "warping_module")
     return m(x["feature_3d"], kp_source=x["kp_source"], kp_driving=x["kp_driving"])
 
 
-def _spade(cfg, w, x):
+def _spade(cfg, w, x, call=None):
     return {"image": _module(SPADEDecoder, _config(SpadeConfig, cfg), w, "spade_generator")(x["feature"])}
 
 
-def _render(cfg, w, x):
+def _render(cfg, w, x, call=None):
     warp = _module(WarpingNetwork, _config(WarpingConfig, cfg["warping_module"]),
                    component_state(w, "warping_module"), "warping_module")
     spade = _module(SPADEDecoder, _config(SpadeConfig, cfg["spade_generator"]),
@@ -62,11 +63,11 @@ def _render(cfg, w, x):
             "image": spade(ret["out"])}
 
 
-def _mlp(cfg, w, x):
+def _mlp(cfg, w, x, call=None):
     return {"y": _module(RetargetMLP, _config(MLPConfig, cfg), w, "retargeting MLP")(x["x"])}
 
 
-def _keypoint_math(cfg, w, x):
+def _keypoint_math(cfg, w, x, call=None):
     stitching = _module(RetargetMLP, _config(MLPConfig, cfg["stitching"]), component_state(w, "stitching"),
                         "stitching")
     pitch, yaw, roll = (bins_to_degrees(x[f"{n}_logits"]) for n in ("pitch", "yaw", "roll"))
@@ -74,6 +75,70 @@ def _keypoint_math(cfg, w, x):
     x_s = transform_keypoints(x["kp"], rot, x["exp"], x["t"], x["scale"])
     return {"pitch_deg": pitch, "yaw_deg": yaw, "roll_deg": roll, "rot": rot, "x_s": x_s,
             "x_d_stitched": apply_stitching(stitching, x_s, x["x_d"])}
+
+
+def _hubert_model(cfg, w, x, call=None):
+    from .audio_features import rename_old_weight_norm
+    from .models.audio_encoder import AudioEncoder, AudioEncoderConfig
+
+    m = _module(AudioEncoder, AudioEncoderConfig.from_hf_config(cfg["effective"]), rename_old_weight_norm(w),
+                "hubert_model")
+    ret = m(x["input_values"], output_hidden_states=True)
+    out = {"extract_features": ret["extract_features"], "last_hidden_state": ret["last_hidden_state"]}
+    out.update({f"hidden_states.{i}": h for i, h in enumerate(ret["hidden_states"])})
+    return out
+
+
+def _joyvasa_audio_feature(cfg, w, x, call=None):
+    from .audio_features import AudioFeatureEncoder, joyvasa_hidden, pad_audio, rename_old_weight_norm, resample_time
+    from .models.audio_encoder import AudioEncoderConfig
+
+    fmap = cfg["audio_feature_map"]
+    m = AudioFeatureEncoder(AudioEncoderConfig.from_hf_config(cfg["hubert_config"]), fmap["out_features"]).eval()
+    load_state_checked(m, rename_old_weight_norm(w), "joyvasa_audio_feature")
+    n_motions = cfg["dit"]["n_motions"]
+    padded = pad_audio(x["audio"])
+    hidden = joyvasa_hidden(m.audio_encoder, padded, 2 * n_motions, output_fps=cfg.get("fps", 25))
+    return {"padded_audio": padded, "hubert_hidden_2L": hidden,
+            "audio_feat": m.audio_feature_map(resample_time(hidden, n_motions))}
+
+
+def _motion_generator(w):
+    """The engine's motion generator from fixture weights, sized from the tensors (step table as stored)."""
+    from .convert import motion_config_from_state
+    from .models.motion_generator import MotionGenerator
+
+    cfg = dataclasses.replace(motion_config_from_state(w), step_table_rows=w["denoising_net.TE.pe"].shape[1])
+    return _module(MotionGenerator, cfg, w, "motion generator")
+
+
+def _joyvasa_denoiser(cfg, w, x, call=None):
+    from .models.motion_generator import DenoisingNetwork, MotionGeneratorConfig
+
+    w = component_state(w, "denoising_net")
+    config = MotionGeneratorConfig(
+        motion_dim=cfg["motion_feat_dim"], feature_dim=cfg["feature_dim"], n_layers=cfg["n_layers"],
+        n_heads=cfg["n_heads"], mlp_ratio=cfg["mlp_ratio"], n_motions=cfg["n_motions"],
+        n_prev_motions=cfg["n_prev_motions"], n_diff_steps=cfg["n_diff_steps"], step_table_rows=w["TE.pe"].shape[1],
+        position_table_rows=w["PE.pe"].shape[1], gaze=False, distance=False, emotion_dim=0)
+    net = _module(DenoisingNetwork, config, w, "denoising_net")
+    out = net(x["motion_feat"], x["audio_feat"], x["prev_motion_feat"], x["prev_audio_feat"], x["step"])
+    return {"motion_feat_target": out}
+
+
+def _joyvasa_sample(cfg, w, x, call=None):
+    from .generation import GuidedDenoiser
+    from .sampling import sample_ddpm
+
+    generator = _motion_generator(w)
+    kwargs = call["kwargs"]
+    if kwargs.get("cfg_mode", "incremental") not in ("incremental", "independent") or kwargs.get("dynamic_threshold"):
+        raise NotImplementedError(f"run_fixture: sampler options {kwargs} are not supported")
+    den = GuidedDenoiser(generator, x["audio_feat"], x.get("prev_motion_feat"), x.get("prev_audio_feat"), {},
+                         {"audio": kwargs["cfg_scale"]})
+    motion, trajectory = sample_ddpm(den, x["motion_at_T"], generator.diffusion_sched.schedule(), noise=x["noise"],
+                                     return_trajectory=True)
+    return {"motion": motion, "trajectory": torch.stack(list(trajectory))}
 
 
 _RUNNERS: dict[str, Callable] = {
@@ -86,6 +151,11 @@ _RUNNERS: dict[str, Callable] = {
     "lp_retarget_lip": _mlp,
     "lp_retarget_eye": _mlp,
     "lp_keypoint_math": _keypoint_math,
+    "hubert_model": _hubert_model,
+    "joyvasa_audio_feature": _joyvasa_audio_feature,
+    "joyvasa_denoiser": _joyvasa_denoiser,
+    "joyvasa_sample_first": _joyvasa_sample,
+    "joyvasa_sample_next": _joyvasa_sample,
 }
 
 
@@ -108,4 +178,4 @@ def run_fixture(path: str | Path) -> dict[str, torch.Tensor]:
     tensors = load_file(str(path))
     weights = component_state(tensors, "weights")
     inputs = {k: tensors[f"inputs.{k}"] for k, spec in meta.get("inputs", {}).items() if spec is not None}
-    return dict(runner(meta["config"], weights, inputs))
+    return dict(runner(meta["config"], weights, inputs, meta.get("call")))

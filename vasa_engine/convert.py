@@ -7,8 +7,6 @@ containers and refuses any other object.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ import torch
 from .config import RendererConfig
 from .errors import CheckpointError, InputError
 from .models.renderer import IMAGE_MODULES, RETARGET_CHECKPOINT_NAMES, FaceRenderer
+from .pickles import load_torch_checkpoint
 from .weights import check_state, save_weights
 
 LIVEPORTRAIT_FILES = {name: f"base_models/{name}.pth" for name in IMAGE_MODULES}
@@ -23,19 +22,9 @@ LIVEPORTRAIT_RETARGET_FILE = "retargeting_models/stitching_retargeting_module.pt
 LIVEPORTRAIT_LICENCE = "MIT (KwaiVGI/LivePortrait)"
 
 
-def read_torch_checkpoint(path: str | os.PathLike) -> dict:
+def read_torch_checkpoint(path: str | os.PathLike, allow_namespace: bool = False) -> dict:
     """A torch-saved dict, read with weights_only=True; one-line CheckpointError on anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused by the weights-only loader"
-        raise CheckpointError(f"checkpoint holds objects other than tensors and containers ({first}): {path}")
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint, truncated or not a PyTorch file ({first}): {path}")
+    obj = load_torch_checkpoint(path, allow_namespace=allow_namespace)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint is a {type(obj).__name__}, expected a dict of tensors: {path}")
     return obj
@@ -93,3 +82,104 @@ def convert_liveportrait(folder: str | os.PathLike, out_path: str | os.PathLike,
                  "licence": LIVEPORTRAIT_LICENCE}
     tensors = {f"renderer.{k}": v.float() if v.is_floating_point() else v for k, v in state.items()}
     return save_weights(out_path, tensors, {"renderer": component})
+
+
+# ------------------------------------------------------------------------------------------------- JoyVASA
+
+JOYVASA_LICENCE = "see jdh-algo/JoyVASA"
+TEMPLATE_KEYS = ("mean_exp", "std_exp") + tuple(f"{s}_{k}" for s in ("min", "max")
+                                                for k in ("scale", "t", "pitch", "yaw", "roll"))
+AUDIO_PREFIXES = ("audio_encoder.", "audio_feature_map.")
+
+
+def motion_config_from_state(state: dict[str, torch.Tensor]):
+    """The motion generator's sizes, read from its tensors (heads are fixed at 8 by JoyVASA's code)."""
+    from .models.motion_generator import MotionGeneratorConfig
+
+    try:
+        d, motion_dim = state["denoising_net.feature_proj.weight"].shape
+        lp = state["start_motion_feat"].shape[1]
+        window = state["denoising_net.alignment_mask"].shape[0]
+        steps = state["diffusion_sched.betas"].shape[0] - 1
+        mlp = state["denoising_net.transformer.layers.0.linear1.weight"].shape[0] // d
+        positions = state["denoising_net.PE.pe"].shape[1]
+    except KeyError as exc:
+        raise CheckpointError(f"not a motion-generator state dict: tensor {exc.args[0]} missing") from None
+    layers = len({k.split(".")[3] for k in state if k.startswith("denoising_net.transformer.layers.")})
+    emotion = state.get("denoising_net.emotion_map.0.weight")
+    return MotionGeneratorConfig(
+        motion_dim=motion_dim, feature_dim=d, n_layers=layers, n_heads=8, mlp_ratio=mlp, n_motions=window - lp,
+        n_prev_motions=lp, n_diff_steps=steps, step_table_rows=max(501, steps + 1), position_table_rows=positions,
+        gaze="denoising_net.gaze_map.0.weight" in state, distance="denoising_net.distance_map.0.weight" in state,
+        emotion_dim=0 if emotion is None else emotion.shape[1])
+
+
+def _json_safe(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+def joyvasa_state(checkpoint: str | os.PathLike, template: str | os.PathLike):
+    """JoyVASA's motion generator (.pt) and motion template (.pkl) -> (tensors by component, components)."""
+    import numpy as np
+
+    from .audio_features import AudioFeatureEncoder
+    from .models.motion_generator import MotionGenerator, sinusoid_table
+    from .pickles import load_plain_pickle
+
+    checkpoint = Path(checkpoint)
+    ckpt = read_torch_checkpoint(checkpoint, allow_namespace=True)
+    model = ckpt.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"not a JoyVASA motion-generator checkpoint (no 'model' state dict): {checkpoint}")
+    model = _tensors_only(model, checkpoint)
+    audio = {k: v for k, v in model.items() if k.startswith(AUDIO_PREFIXES)}
+    motion = {k: v for k, v in model.items() if not k.startswith(AUDIO_PREFIXES)}
+    # As the reference: the step table is rebuilt at the size the code fixes, whatever the file holds.
+    motion.pop("denoising_net.TE.pe", None)
+    motion_cfg = motion_config_from_state(motion)
+    motion["denoising_net.TE.pe"] = sinusoid_table(motion_cfg.step_table_rows, motion_cfg.feature_dim)
+    with torch.device("meta"):
+        generator = MotionGenerator(motion_cfg)
+    check_state(generator, motion, f"{checkpoint} [motion generator]")
+    if "audio_encoder.feature_extractor.conv_layers.0.conv.weight" not in audio:
+        raise CheckpointError(f"checkpoint has no audio_encoder.* tensors: {checkpoint}")
+    encoder = AudioFeatureEncoder.from_state_dict(audio, what=f"{checkpoint} [audio encoder]")
+    if encoder.feature_dim != motion_cfg.feature_dim:
+        raise CheckpointError(f"audio_feature_map maps to {encoder.feature_dim}-d, the denoiser takes "
+                              f"{motion_cfg.feature_dim}-d: {checkpoint}")
+    audio = encoder.state_dict()  # the checked tensors under the current weight-norm names
+
+    raw = load_plain_pickle(template)
+    if not isinstance(raw, dict) or any(k not in raw for k in TEMPLATE_KEYS):
+        missing = [k for k in TEMPLATE_KEYS if not isinstance(raw, dict) or k not in raw]
+        raise CheckpointError(f"motion template lacks {', '.join(missing[:4])}: {template}")
+    template_tensors = {k: torch.from_numpy(np.asarray(raw[k], dtype=np.float32).reshape(-1).copy())
+                        for k in TEMPLATE_KEYS}
+    args = ckpt.get("args")
+    args = _json_safe(vars(args)) if hasattr(args, "__dict__") else _json_safe(args)
+    tensors = {**{f"audio.{k}": v for k, v in audio.items()},
+               **{f"motion_generator.{k}": v for k, v in motion.items()},
+               **{f"motion_template.{k}": v for k, v in template_tensors.items()}}
+    source = f"JoyVASA motion generator ({checkpoint.name}, {Path(template).name})"
+    components = {
+        "audio": {"config": {"encoder": encoder.audio_encoder.cfg.to_dict(), "feature_dim": encoder.feature_dim},
+                  "source": source,
+                  "licence": JOYVASA_LICENCE},
+        "motion_generator": {"config": motion_cfg.to_dict(), "source": source, "licence": JOYVASA_LICENCE,
+                             "training_args": args},
+        "motion_template": {"source": source, "licence": JOYVASA_LICENCE},
+    }
+    return tensors, components
+
+
+def convert_joyvasa(checkpoint: str | os.PathLike, template: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """JoyVASA's motion generator and motion template -> one engine weights file (audio encoder included)."""
+    tensors, components = joyvasa_state(checkpoint, template)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    return save_weights(out_path, tensors, components)
