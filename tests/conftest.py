@@ -50,3 +50,36 @@ def tiny_engine(tiny_weights):
 @pytest.fixture(scope="session")
 def sample_image() -> Path:
     return REPO / "vasa_engine" / "assets" / "astronaut.png"
+
+
+def tiny_audio_config():
+    from vasa_engine.models.audio_encoder import AudioEncoderConfig
+
+    return AudioEncoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                              conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+
+
+def tiny_motion_config(**changes):
+    from vasa_engine.models.motion_generator import MotionGeneratorConfig
+
+    return MotionGeneratorConfig(**{**dict(feature_dim=32, n_layers=2, n_heads=4, n_motions=20, n_prev_motions=5,
+                                           emotion_dim=4), **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_full_weights(tmp_path_factory) -> Path:
+    """Engine-format weights of every component (renderer, audio encoder, motion generator) at reduced sizes."""
+    from vasa_engine import Engine
+    from vasa_engine.config import RendererConfig
+
+    path = tmp_path_factory.mktemp("weights") / "tiny_full.safetensors"
+    engine = Engine(None, device="cpu", config=RendererConfig.tiny(), motion_config=tiny_motion_config(),
+                    audio_config=tiny_audio_config(), seed=5)
+    engine.motion_stack
+    engine.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_speech() -> Path:
+    return REPO / "vasa_engine" / "assets" / "speech.wav"

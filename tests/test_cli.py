@@ -39,11 +39,17 @@ def test_info():
 
 @pytest.mark.slow
 def test_demo_at_full_size(tmp_path):
-    """The README's main job, at the real model size, cut to two frames."""
+    """The README's main job at the real model sizes (HuBERT base, the VASA-1-sized motion generator, the
+    LivePortrait renderer), cut to two rendered frames."""
+    from vasa_engine.io.video import read_video_info
+
     res = run("demo", "--frames", 2, "-o", tmp_path / "demo.mp4", "--device", "cpu")
     assert res.returncode == 0, res.stderr
-    assert "rendered 2 frames" in res.stdout
-    assert "random weights" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "generated 2 frames" in res.stdout and "audio encoder:" in res.stdout
+    warnings = res.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: no weights") for w in warnings)
+    info = read_video_info(tmp_path / "demo.mp4")
+    assert info["frames"] == 2 and info["width"] == 512 and info["has_audio"]
 
 
 def _bad_images(tmp_path, sample_image):
@@ -102,7 +108,7 @@ def test_output_folder_missing(tmp_path, tiny_weights, sample_image):
 
 
 def test_convert_bad_folder(tmp_path):
-    res = run("convert", tmp_path, "-o", tmp_path / "w.safetensors")
+    res = run("convert", "liveportrait", tmp_path, "-o", tmp_path / "w.safetensors")
     _assert_clean_failure(res, "no LivePortrait checkpoints", tmp_path)
 
 

@@ -12,12 +12,21 @@ from . import __version__
 from .errors import VasaError
 
 EXIT_BAD_INPUT = 2
-CPU_DEMO_FRAMES = 12
-GPU_DEMO_FRAMES = 100
+CPU_SCRIPTED_FRAMES = 12
+GPU_SCRIPTED_FRAMES = 100
+CPU_DEMO_FRAMES = 25  # about the first second: the full-size renderer takes about 10 s a frame on a CPU
+
+
+def _asset(name: str) -> Path:
+    return Path(str(resources.files("vasa_engine") / "assets" / name))
 
 
 def sample_portrait() -> Path:
-    return Path(str(resources.files("vasa_engine") / "assets" / "astronaut.png"))
+    return _asset("astronaut.png")
+
+
+def sample_speech() -> Path:
+    return _asset("speech.wav")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,16 +45,52 @@ def _positive_int(text: str) -> int:
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="engine weights (.safetensors with its .json); default: seeded random weights")
+    p.add_argument("--weights", action="append",
+                   help="engine weights (.safetensors with its .json); repeat to combine files (e.g. a renderer and "
+                        "a motion generator); default: seeded random weights")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto",
                    help="auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16 (default: auto)")
     p.add_argument("--batch-size", type=_positive_int, help="frames rendered per batch (default: 8 on CUDA, 1 on CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when --weights is not given")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights (where no weights are given) and of the start noise")
+
+
+def _engine(args):
+    from .engine import Engine
+
+    return Engine(args.weights, device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size)
+
+
+def _weights_label(engine) -> str:
+    if not engine.random_components:
+        return ", ".join(engine.weights_paths)
+    given = ", ".join(engine.weights_paths)
+    return f"{given + '; ' if given else ''}seeded random for {', '.join(engine.random_components)}"
+
+
+def _progress(total: int, unit: str = "frame"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=total < 8 or not sys.stderr.isatty(), leave=False)
+
+
+def _write_frames(writer, batches, total: int, watermark=None) -> int:
+    done = 0
+    with _progress(total) as bar:
+        for batch in batches:
+            writer.write(watermark.apply(batch) if watermark is not None else batch)
+            done += len(batch)
+            bar.update(len(batch))
+    return done
+
+
+def _device_line(engine) -> str:
+    return (f"device: {engine.device_name}, dtype: {str(engine.dtype).replace('torch.', '')}, "
+            f"batch: {engine.batch_size}, weights: {_weights_label(engine)}")
 
 
 def _render_scripted(args, image) -> int:
-    from .engine import Engine
     from .io.image import load_image
     from .io.video import VideoWriter
     from .motion_script import scripted_motion
@@ -54,51 +99,102 @@ def _render_scripted(args, image) -> int:
     writer = VideoWriter(out, fps=args.fps)  # checks the output path before any work
     pixels = load_image(image)
     with writer:
-        engine = Engine(args.weights, device=args.device, dtype=args.dtype, seed=args.seed,
-                        batch_size=args.batch_size)
-        frames = args.frames or (GPU_DEMO_FRAMES if engine.device.type == "cuda" else CPU_DEMO_FRAMES)
+        engine = _engine(args)
+        frames = args.frames or (GPU_SCRIPTED_FRAMES if engine.device.type == "cuda" else CPU_SCRIPTED_FRAMES)
         if args.frames is None and engine.device.type == "cpu":
-            print(f"on the CPU this renders {CPU_DEMO_FRAMES} frames (about 10 s each at full size); "
+            print(f"on the CPU this renders {CPU_SCRIPTED_FRAMES} frames (about 10 s each at full size); "
                   "--frames sets the count", file=sys.stderr)
         t0 = time.perf_counter()
         avatar = engine.prepare(pixels)
         t_prepare = time.perf_counter() - t0
         motion = scripted_motion(avatar, frames, fps=args.fps)
         t0 = time.perf_counter()
-        done = 0
-        with _progress(frames) as bar:
-            for batch in engine.render_batches(avatar, motion):
-                writer.write(batch)
-                done += len(batch)
-                bar.update(len(batch))
+        done = _write_frames(writer, engine.render_batches(avatar, motion), frames)
         t_render = time.perf_counter() - t0
     print(f"rendered {done} frames ({done / args.fps:.2f} s of video at {args.fps:g} fps) to {out}")
-    print(f"device: {engine.device_name}, dtype: {str(engine.dtype).replace('torch.', '')}, "
-          f"batch: {engine.batch_size}, weights: {args.weights or 'seeded random'}")
+    print(_device_line(engine))
     print(f"prepare: {t_prepare * 1000:.0f} ms; render: {t_render / done * 1000:.1f} ms per frame "
           f"({done / t_render:.2f} fps, encoding included)")
     return 0
-
-
-def _progress(total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", disable=total < 8 or not sys.stderr.isatty(), leave=False)
-
-
-def cmd_demo(args) -> int:
-    return _render_scripted(args, sample_portrait())
 
 
 def cmd_render(args) -> int:
     return _render_scripted(args, args.image)
 
 
+def _controls(args):
+    from .generation import Controls
+
+    return Controls(steps=args.steps, sampler=args.sampler, audio_scale=args.audio_scale,
+                    gaze_scale=args.gaze_scale, distance_scale=args.distance_scale,
+                    emotion_scale=args.emotion_scale, seed=args.seed, gaze=args.gaze, distance=args.distance,
+                    emotion=args.emotion, head_pitch=args.head_pitch, head_yaw=args.head_yaw,
+                    head_roll=args.head_roll, eye_openness=args.eye_openness, lip_openness=args.lip_openness,
+                    smoothing=args.smoothing, driving_multiplier=args.driving_multiplier, stitching=args.stitching)
+
+
+def _generate(args, image, audio, cpu_frames: int | None = None) -> int:
+    from .io.audio import SAMPLE_RATE, load_audio
+    from .io.image import load_image
+    from .io.video import VideoWriter, check_output_path
+    from .io.watermark import Watermark
+
+    out = Path(args.output)
+    controls = _controls(args)
+    t_start = time.perf_counter()
+    check_output_path(out)  # before any work
+    pixels = load_image(image)
+    samples = load_audio(audio, max_seconds=args.max_audio_seconds)
+    engine = _engine(args)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    avatar = engine.prepare(pixels)
+    timings["prepare portrait"] = time.perf_counter() - t0
+    motion = engine.generate_motion(avatar, samples, controls, sample_rate=SAMPLE_RATE, max_seconds=None,
+                                    timings=timings)
+    frames = len(motion)
+    limit = args.frames
+    if limit is None and cpu_frames is not None and engine.device.type == "cpu":
+        limit = cpu_frames
+        if frames > cpu_frames:
+            print(f"on the CPU the demo renders the first {cpu_frames} of {frames} frames (about 10 s each at full "
+                  "size); --frames sets the count", file=sys.stderr)
+    if limit is not None:
+        motion = motion[:limit]
+    n = len(motion)
+    clip = samples[: n * 640] if n < frames else samples
+    watermark = Watermark() if args.watermark else None
+    t0 = time.perf_counter()
+    with VideoWriter(out, audio=(clip, SAMPLE_RATE)) as writer:
+        done = _write_frames(writer, engine.generate_batches(avatar, motion, controls), n, watermark)
+    timings["renderer + encoding"] = time.perf_counter() - t0
+    total = time.perf_counter() - t_start
+    print(f"generated {done} frames ({done / 25:.2f} s of video at 25 fps, audio {len(samples) / SAMPLE_RATE:.2f} s) "
+          f"to {out}")
+    print(_device_line(engine) + f", sampler: {controls.sampler}, steps: "
+          f"{engine.motion_stack.generator.cfg.n_diff_steps if controls.sampler == 'ddpm' else controls.steps}")
+    stages = "; ".join(f"{name}: {sec * 1000:.0f} ms" for name, sec in timings.items())
+    print(f"{stages}; renderer {timings['renderer + encoding'] / done * 1000:.1f} ms per frame")
+    print(f"total: {total:.1f} s, {done / total:.2f} fps end to end")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    return _generate(args, args.image, args.audio)
+
+
+def cmd_demo(args) -> int:
+    return _generate(args, sample_portrait(), sample_speech(), cpu_frames=CPU_DEMO_FRAMES)
+
+
 def cmd_convert(args) -> int:
-    from .convert import convert_liveportrait
+    from .convert import convert_joyvasa, convert_liveportrait
 
     t0 = time.perf_counter()
-    path = convert_liveportrait(args.source, args.output)
+    if args.model == "liveportrait":
+        path = convert_liveportrait(args.source, args.output)
+    else:
+        path = convert_joyvasa(args.checkpoint, args.template, args.output)
     print(f"wrote {path} and {path.with_suffix('.json')} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -136,34 +232,115 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _float_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if below or above or value != value:
+            raise argparse.ArgumentTypeError(f"{value:g} is outside {'(' if low_open else '['}{low:g}, {high:g}"
+                                             f"{')' if high_open else ']'}")
+        return value
+
+    return parse
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    from .generation import SAMPLERS
+
+    g = p.add_argument_group("motion generation")
+    g.add_argument("--steps", type=_positive_int, default=10,
+                   help="sampler steps, 1 to the model's diffusion steps (50 for JoyVASA); default 10")
+    g.add_argument("--sampler", choices=SAMPLERS, default="dpmpp_2m",
+                   help="dpmpp_2m (DPM-Solver++(2M)) or ddim, both few-step; ddpm: the reference's ancestral "
+                        "sampler, every diffusion step (ignores --steps); default dpmpp_2m")
+    g.add_argument("--audio-scale", type=_float_in(0, 10), default=2.8,
+                   help="guidance weight of the audio, 0..10 (1 = no guidance, JoyVASA uses 2.0 to 2.8); default 2.8")
+    for name in ("gaze", "distance", "emotion"):
+        g.add_argument(f"--{name}-scale", type=_float_in(0, 10), default=1.0,
+                       help=f"guidance weight of the {name} condition, 0..10; default 1")
+    g.add_argument("--gaze", type=_float_in(-90, 90), nargs=2, metavar=("THETA", "PHI"),
+                   help="main gaze direction in degrees, each in [-90, 90] (models with a gaze condition)")
+    g.add_argument("--distance", type=_float_in(0.25, 4),
+                   help="head-to-camera distance relative to the portrait, 0.25..4 (a model condition where the "
+                        "model has one; otherwise applied as the head's scale)")
+    g.add_argument("--emotion", type=_float_list,
+                   help="emotion offset, comma-separated (as many values as the model's emotion size; models with "
+                        "an emotion condition)")
+    r = p.add_argument_group("renderer controls")
+    for axis in ("pitch", "yaw", "roll"):
+        r.add_argument(f"--head-{axis}", type=_float_in(-45, 45), default=0.0,
+                       help=f"degrees added to the generated head {axis}, -45..45; default 0")
+    r.add_argument("--eye-openness", type=_float_in(0, 1),
+                   help="fixed eye openness ratio, 0 (closed) .. 0.4 (wide open), at most 1; overrides blinks")
+    r.add_argument("--lip-openness", type=_float_in(0, 1),
+                   help="fixed mouth openness ratio, 0 (closed) .. about 0.8, at most 1; overrides the lips")
+    r.add_argument("--smoothing", type=_float_in(0, 1, high_open=True), default=0.99,
+                   help="moving-average weight of the previous frame's pose, scale and translation, [0, 1); "
+                        "0 = none; default 0.99 (as the reference)")
+    r.add_argument("--driving-multiplier", type=_float_in(0, 3), default=1.10,
+                   help="scales the motion around the portrait's keypoints, 0..3; default 1.1 (as the reference)")
+    r.add_argument("--stitching", action="store_true", help="apply the stitching MLP (off in the reference)")
+    o = p.add_argument_group("output")
+    o.add_argument("--frames", type=_positive_int, help="render only the first N frames")
+    o.add_argument("--watermark", action="store_true", help="draw a visible 'AI-generated' label on every frame")
+    o.add_argument("--max-audio-seconds", type=_float_in(0, 86400, low_open=True), default=600,
+                   help="refuse longer audio; default 600 (10 minutes)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vasa-engine", description="Talking-face inference engine (LivePortrait-compatible "
-                                                     "renderer).")
+    parser = _Parser(prog="vasa-engine", description="Talking-face inference engine: one portrait and speech in, "
+                                                     "a 512x512 video out.")
     parser.add_argument("--version", action="version", version=f"vasa-engine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("info", help="what this install has: extension, CUDA device, Triton, backends")
     p.set_defaults(func=cmd_info)
 
-    for name, func, help_text in (
-        ("demo", cmd_demo, "render the bundled sample portrait through a scripted motion to an MP4"),
-        ("render", cmd_render, "render a portrait through a scripted motion (head turn, blink, mouth) to an MP4"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        if name == "render":
-            p.add_argument("--image", required=True, help="portrait: PNG, JPEG or WebP, at least 64x64")
-        p.add_argument("-o", "--output", default="demo.mp4" if name == "demo" else None, required=name != "demo",
-                       help="output MP4 path" + (" (default: demo.mp4)" if name == "demo" else ""))
-        p.add_argument("--frames", type=_positive_int,
-                       help=f"frames to render (default: {GPU_DEMO_FRAMES} on CUDA, {CPU_DEMO_FRAMES} on the CPU)")
-        p.add_argument("--fps", type=float, default=25.0, help="video frame rate (default: 25)")
-        _add_engine_options(p)
-        p.set_defaults(func=func)
+    p = sub.add_parser("generate", help="speech + portrait -> talking-face MP4 (audio muxed in)")
+    p.add_argument("--image", required=True, help="portrait: PNG, JPEG or WebP, at least 64x64")
+    p.add_argument("--audio", required=True, help="speech: WAV, FLAC, MP3, M4A/AAC or OGG, any rate and channels")
+    p.add_argument("-o", "--output", required=True, help="output MP4 path")
+    _add_generation_options(p)
+    _add_engine_options(p)
+    p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("convert", help="convert LivePortrait's public checkpoints to the engine format")
-    p.add_argument("source", help="folder with base_models/ and retargeting_models/ (or its parent)")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors path (a .json is written beside it)")
-    p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("demo", help="generate on the bundled portrait and speech (the first second on a CPU)")
+    p.add_argument("-o", "--output", default="demo.mp4", help="output MP4 path (default: demo.mp4)")
+    _add_generation_options(p)
+    _add_engine_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("render", help="render a portrait through a scripted motion (head turn, blink, mouth)")
+    p.add_argument("--image", required=True, help="portrait: PNG, JPEG or WebP, at least 64x64")
+    p.add_argument("-o", "--output", required=True, help="output MP4 path")
+    p.add_argument("--frames", type=_positive_int,
+                   help=f"frames (default: {GPU_SCRIPTED_FRAMES} on CUDA, {CPU_SCRIPTED_FRAMES} on the CPU)")
+    p.add_argument("--fps", type=_float_in(1, 120), default=25.0, help="video frame rate (default: 25)")
+    _add_engine_options(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("convert", help="convert public checkpoints to the engine format")
+    conv = p.add_subparsers(dest="model", required=True, parser_class=_Parser)
+    c = conv.add_parser("liveportrait", help="LivePortrait's human renderer checkpoints")
+    c.add_argument("source", help="folder with base_models/ and retargeting_models/ (or its parent)")
+    c.add_argument("-o", "--output", required=True, help="output .safetensors path (a .json is written beside it)")
+    c.set_defaults(func=cmd_convert)
+    c = conv.add_parser("joyvasa", help="JoyVASA's motion generator (with its audio encoder) and motion template")
+    c.add_argument("--checkpoint", required=True, help="motion_generator/motion_generator_hubert_chinese.pt")
+    c.add_argument("--template", required=True, help="motion_template/motion_template.pkl")
+    c.add_argument("-o", "--output", required=True, help="output .safetensors path (a .json is written beside it)")
+    c.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .config import RendererConfig
 from .errors import CheckpointError, InputError
+from .generation import Controls, MotionTemplate
+from .io.audio import DEFAULT_MAX_SECONDS
 from .models.keypoints import eye_ratios, lip_ratio
+from .models.motion_generator import MotionGeneratorConfig
 from .models.renderer import FaceRenderer, SourceState
 from .runtime import device_name, resolve_device, resolve_dtype
 from .weights import RANDOM_WEIGHTS_WARNING, component_state, load_state_checked, load_weights, save_weights, seeded
@@ -22,6 +26,7 @@ log = logging.getLogger("vasa_engine")
 # Source eye and lip openness assumed when no landmarks are known: open eyes, a closed mouth.
 DEFAULT_SOURCE_EYE_RATIO = 0.35
 DEFAULT_SOURCE_LIP_RATIO = 0.0
+AUDIO_WINDOWS_PER_BATCH = 8  # 4 s windows through the audio encoder at once
 
 
 @dataclass
@@ -82,6 +87,15 @@ class Motion:
 
 
 @dataclass
+class MotionStack:
+    """What turns speech into motion: audio encoder (with its feature map), motion generator, motion template."""
+
+    audio: torch.nn.Module
+    generator: torch.nn.Module
+    template: MotionTemplate
+
+
+@dataclass
 class Avatar:
     """A prepared portrait: its network-size image, feature volume and keypoint parameters. Reuse it per frame."""
 
@@ -98,47 +112,143 @@ class Avatar:
 
 
 class Engine:
-    """One portrait and driving motion in, 512x512 frames out (audio stages arrive in `generate`).
+    """One portrait and speech (or driving motion) in, 512x512 frames out.
 
-    weights: path of an engine weights file (.safetensors with its .json), or None for seeded random weights
-    (the output then does not look like a face; a warning says so). device: "auto", "cpu", "cuda", "cuda:N".
-    dtype: "auto" (float16 on CUDA, float32 on the CPU), "float32", "float16", "bfloat16".
+    weights: an engine weights file (.safetensors with its .json), a list of them (their components are
+    merged: e.g. a converted LivePortrait renderer and a converted JoyVASA motion generator), or None. A
+    component no file provides runs on seeded random weights, and a warning line says so (a random renderer
+    does not draw a face; a random motion generator does not follow the speech).
+    device: "auto", "cpu", "cuda", "cuda:N". dtype: "auto" (float16 on CUDA, float32 on the CPU), "float32",
+    "float16", "bfloat16".
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto", *,
-                 seed: int = 0, config: RendererConfig | None = None, batch_size: int | None = None):
+    def __init__(self, weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "auto",
+                 dtype: str = "auto", *, seed: int = 0, config: RendererConfig | None = None,
+                 motion_config: MotionGeneratorConfig | None = None, audio_config=None,
+                 batch_size: int | None = None):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.weights_path = None if weights is None else os.fspath(weights)
-        if weights is None:
+        self.seed = seed
+        paths = [] if weights is None else [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
+        self.weights_paths = [os.fspath(p) for p in paths]
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._components: dict[str, dict] = {}
+        for path in self.weights_paths:
+            tensors, doc = load_weights(path)
+            for name, component in doc["components"].items():
+                if name in self._components:
+                    raise CheckpointError(f"component {name!r} is in two weights files: "
+                                          f"{self._components[name]['path']} and {path}")
+                self._components[name] = {**component, "path": path}
+            self._tensors.update(tensors)
+        self.random_components: list[str] = []
+
+        if "renderer" in self._components:
+            comp = self._components["renderer"]
+            self.config = self._config(RendererConfig, comp, "renderer")
+            with torch.device("meta"):
+                self.renderer = FaceRenderer(self.config)
+            state = component_state(self._tensors, "renderer")
+            for name, module in self.renderer.named_children():
+                load_state_checked(module, component_state(state, name), f"{comp['path']}: renderer.{name}",
+                                   assign=True)
+        else:
             self.config = config or RendererConfig()
             with seeded(seed):
                 self.renderer = FaceRenderer(self.config)
+            self.random_components.append("renderer")
             log.warning("warning: %s", RANDOM_WEIGHTS_WARNING)
-        else:
-            tensors, doc = load_weights(weights)
-            component = doc["components"].get("renderer")
-            if component is None:
-                raise CheckpointError(f"weights hold no renderer component: {weights}")
-            try:
-                self.config = RendererConfig.from_dict(component["config"])
-            except (TypeError, ValueError, KeyError) as exc:
-                raise CheckpointError(f"renderer config is invalid ({exc}): {weights}") from None
-            with torch.device("meta"):
-                self.renderer = FaceRenderer(self.config)
-            state = component_state(tensors, "renderer")
-            for name, module in self.renderer.named_children():
-                load_state_checked(module, component_state(state, name), f"{weights}: renderer.{name}", assign=True)
-        self.random_weights = weights is None
         self.renderer.eval().to(self.device).set_image_dtype(self.dtype)
         self.batch_size = batch_size or (8 if self.device.type == "cuda" else 1)
+        self._motion_config = motion_config
+        self._audio_config = audio_config  # AudioEncoderConfig for random weights (default: HuBERT base)
+        self._motion_stack: MotionStack | None = None
+        if "motion_generator" in self._components or "audio" in self._components:
+            self.motion_stack  # load and check the given weights now, not at the first generate
+
+    @property
+    def random_weights(self) -> bool:
+        return "renderer" in self.random_components
+
+    @staticmethod
+    def _config(cls, component: dict, name: str):
+        try:
+            return cls.from_dict(component["config"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{name} config is invalid ({exc}): {component.get('path')}") from None
+
+    def _load(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        load_state_checked(module, component_state(self._tensors, name), f"{self._components[name]['path']}: {name}",
+                           assign=True)
+        return module
+
+    @property
+    def motion_stack(self) -> "MotionStack":
+        """The audio encoder, motion generator and motion template, built on first use."""
+        if self._motion_stack is None:
+            self._motion_stack = self._build_motion_stack()
+        return self._motion_stack
+
+    def _build_motion_stack(self) -> "MotionStack":
+        from .audio_features import AudioFeatureEncoder
+        from .models.audio_encoder import AudioEncoderConfig
+        from .models.motion_generator import MotionGenerator
+
+        comps = self._components
+        missing = [n for n in ("audio", "motion_generator") if n not in comps]
+        if "motion_generator" in comps:
+            motion_cfg = self._config(MotionGeneratorConfig, comps["motion_generator"], "motion_generator")
+            with torch.device("meta"):
+                generator = self._load("motion_generator", MotionGenerator(motion_cfg))
+        else:
+            motion_cfg = self._motion_config or MotionGeneratorConfig()
+            with seeded(self.seed + 1):
+                generator = MotionGenerator(motion_cfg)
+        if "audio" in comps:
+            cfg = comps["audio"].get("config", {})
+            audio_cfg = self._config(AudioEncoderConfig, {"config": cfg.get("encoder"), "path": comps["audio"]["path"]},
+                                     "audio")
+            with torch.device("meta"):
+                audio = self._load("audio", AudioFeatureEncoder(audio_cfg, cfg.get("feature_dim")))
+        else:
+            with seeded(self.seed + 2):
+                audio = AudioFeatureEncoder(self._audio_config or AudioEncoderConfig(), motion_cfg.feature_dim)
+        if audio.feature_dim != motion_cfg.feature_dim:
+            raise CheckpointError(f"audio features are {audio.feature_dim}-d but the motion generator takes "
+                                  f"{motion_cfg.feature_dim}-d")
+        template_state = component_state(self._tensors, "motion_template")
+        template = MotionTemplate.from_tensors(template_state) if template_state else MotionTemplate.neutral()
+        if missing:
+            self.random_components += missing
+            names = {"audio": "audio encoder", "motion_generator": "motion generator"}
+            log.warning("warning: no weights for the %s: using seeded random weights, so the motion will not "
+                        "follow the speech", " and ".join(names[n] for n in missing))
+        for module in (audio, generator):
+            module.eval().to(self.device, self.dtype)
+        generator.diffusion_sched.float()  # the schedule stays fp32
+        return MotionStack(audio, generator, template)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the engine's weights (and config) in the engine format, e.g. to keep a seeded random set."""
-        source = "seeded random weights" if self.random_weights else f"{self.weights_path}"
-        tensors = {f"renderer.{k}": v.float() if v.is_floating_point() else v
-                   for k, v in self.renderer.state_dict().items()}
-        save_weights(path, tensors, {"renderer": {"config": self.config.to_dict(), "source": source}})
+        """Write every built component (and its config) in the engine format, e.g. to keep a seeded random set."""
+        def source(name):
+            return "seeded random weights" if name in self.random_components else self._components[name]["path"]
+
+        def floats(prefix, module):
+            return {f"{prefix}.{k}": v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+        tensors = floats("renderer", self.renderer)
+        components = {"renderer": {"config": self.config.to_dict(), "source": source("renderer")}}
+        if self._motion_stack is not None:
+            st = self._motion_stack
+            tensors.update(floats("audio", st.audio))
+            tensors.update(floats("motion_generator", st.generator))
+            tensors.update({f"motion_template.{k}": v for k, v in st.template.to_tensors().items()})
+            components["audio"] = {"config": {"encoder": st.audio.audio_encoder.cfg.to_dict(),
+                                              "feature_dim": st.audio.feature_dim}, "source": source("audio")}
+            components["motion_generator"] = {"config": st.generator.cfg.to_dict(),
+                                              "source": source("motion_generator")}
+            components["motion_template"] = {"source": "template"}
+        save_weights(path, tensors, components)
 
     @property
     def device_name(self) -> str:
@@ -197,3 +307,77 @@ class Engine:
         batches = list(self.render_batches(avatar, motion, batch_size, **options))
         s = self.output_size
         return np.concatenate(batches) if batches else np.zeros((0, s, s, 3), np.uint8)
+
+    # ----------------------------------------------------------------------------------------- speech to video
+
+    @torch.no_grad()
+    def generate_motion(self, avatar: Avatar, audio, controls: Controls | None = None, *,
+                        sample_rate: int | None = None, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+                        timings: dict | None = None, progress=None) -> Motion:
+        """Speech -> the portrait's driving parameters, one frame per 40 ms of audio (no rendering).
+
+        audio: a file path (WAV, FLAC, MP3, M4A/AAC, OGG) or an array of samples with `sample_rate`.
+        timings, when given, receives seconds spent per stage ("audio encoder", "motion generator").
+        """
+        from .audio_features import clip_windows
+        from .generation import LEAD_IN_FRAMES, check_controls, generate_windows, output_frames, relative_driving
+        from .io.audio import load_audio
+
+        controls = controls or Controls()
+        stack = self.motion_stack
+        cfg = stack.generator.cfg
+        check_controls(controls, cfg, cfg.emotion_dim)
+        samples = torch.from_numpy(load_audio(audio, sample_rate, max_seconds=max_seconds))
+        timings = {} if timings is None else timings
+
+        t0 = time.perf_counter()
+        windows, clip_frames = clip_windows(samples[None], cfg.n_motions)
+        features = torch.cat([stack.audio.window_features(chunk.to(self.device, self.dtype))
+                              for chunk in windows[0].split(AUDIO_WINDOWS_PER_BATCH)])
+        self._sync()
+        timings["audio encoder"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        conditions = {}
+        if controls.gaze is not None:
+            conditions["gaze"] = torch.tensor([list(controls.gaze)], dtype=torch.float32, device=self.device)
+        if controls.distance is not None and cfg.distance:
+            conditions["distance"] = torch.tensor([[controls.distance]], dtype=torch.float32, device=self.device)
+        if controls.emotion is not None:
+            conditions["emotion"] = torch.tensor([list(controls.emotion)], dtype=torch.float32, device=self.device)
+        motion = generate_windows(stack.generator, features, controls, conditions, progress=progress)[:clip_frames]
+        self._sync()
+        timings["motion generator"] = time.perf_counter() - t0
+
+        params = stack.template.denormalize(motion.cpu())
+        driving = relative_driving(params, _cpu(avatar.source), controls.smoothing)
+        keep = slice(LEAD_IN_FRAMES, LEAD_IN_FRAMES + max(1, output_frames(samples.numel())))
+        d = {k: v[keep] for k, v in driving.items()}
+        n = d["pitch"].shape[0]
+        scale = d["scale"] / controls.distance if controls.distance is not None and not cfg.distance else d["scale"]
+        eye = None if controls.eye_openness is None else torch.full((n,), float(controls.eye_openness))
+        lip = None if controls.lip_openness is None else torch.full((n,), float(controls.lip_openness))
+        return Motion(pitch=d["pitch"] + controls.head_pitch, yaw=d["yaw"] + controls.head_yaw,
+                      roll=d["roll"] + controls.head_roll, exp=d["exp"], t=d["t"], scale=scale, eye=eye, lip=lip)
+
+    def generate_batches(self, avatar: Avatar, motion: Motion, controls: Controls | None = None,
+                         batch_size: int | None = None) -> Iterator[np.ndarray]:
+        """Render generated motion batch by batch with the controls' renderer settings."""
+        controls = controls or Controls()
+        return self.render_batches(avatar, motion, batch_size, stitching=controls.stitching,
+                                   driving_multiplier=controls.driving_multiplier)
+
+    def generate(self, avatar: Avatar, audio, controls: Controls | None = None, *, sample_rate: int | None = None,
+                 max_seconds: float | None = DEFAULT_MAX_SECONDS) -> np.ndarray:
+        """Speech -> uint8 frames (N, S, S, 3) at 25 fps, N = the audio's duration in frames."""
+        motion = self.generate_motion(avatar, audio, controls, sample_rate=sample_rate, max_seconds=max_seconds)
+        batches = list(self.generate_batches(avatar, motion, controls))
+        return np.concatenate(batches)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _cpu(source: SourceState) -> SourceState:
+    return SourceState(**{f.name: getattr(source, f.name).cpu() for f in fields(source)})

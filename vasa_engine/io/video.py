@@ -127,7 +127,7 @@ class VideoWriter:
         if isinstance(audio_bitrate, bool) or not isinstance(audio_bitrate, (int, np.integer)) or audio_bitrate <= 0:
             raise InputError(f"audio bitrate must be a positive integer, got {audio_bitrate!r}")
         self.audio_bitrate = int(audio_bitrate)
-        _check_output_path(self.path)
+        check_output_path(self.path)
 
         self.frames_written = 0
         self.width: Optional[int] = None
@@ -352,7 +352,8 @@ def _build_metadata(extra: Optional[Mapping[str, Any]]) -> dict:
     return meta
 
 
-def _check_output_path(path: Path) -> None:
+def check_output_path(path: Path) -> None:
+    """Raise InputError (one line) unless `path` is an .mp4 path in an existing, writable folder."""
     if path.suffix.lower() != ".mp4":
         raise InputError(f"output video must have the .mp4 suffix: {path}")
     if path.is_dir():
