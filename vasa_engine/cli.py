@@ -14,7 +14,7 @@ from .errors import VasaError
 EXIT_BAD_INPUT = 2
 CPU_SCRIPTED_FRAMES = 12
 GPU_SCRIPTED_FRAMES = 100
-CPU_DEMO_FRAMES = 25  # about the first second: the full-size renderer takes about 10 s a frame on a CPU
+CPU_DEMO_FRAMES = 20  # about the first second: the full-size renderer takes about 10 s a frame on a CPU
 
 
 def _asset(name: str) -> Path:
@@ -169,8 +169,8 @@ def _generate(args, image, audio, cpu_frames: int | None = None) -> int:
         done = _write_frames(writer, engine.generate_batches(avatar, motion, controls), n, watermark)
     timings["renderer + encoding"] = time.perf_counter() - t0
     total = time.perf_counter() - t_start
-    print(f"generated {done} frames ({done / 25:.2f} s of video at 25 fps, audio {len(samples) / SAMPLE_RATE:.2f} s) "
-          f"to {out}")
+    print(f"generated {done} frames ({done / 25:.2f} s of video at 25 fps, from {len(samples) / SAMPLE_RATE:.2f} s of "
+          f"audio) to {out}")
     print(_device_line(engine) + f", sampler: {controls.sampler}, steps: "
           f"{engine.motion_stack.generator.cfg.n_diff_steps if controls.sampler == 'ddpm' else controls.steps}")
     stages = "; ".join(f"{name}: {sec * 1000:.0f} ms" for name, sec in timings.items())

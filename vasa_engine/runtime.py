@@ -54,6 +54,9 @@ def device_name(device: torch.device) -> str:
 def stage_backends(device: torch.device) -> dict[str, str]:
     """Which implementation each stage runs on `device`."""
     return {
+        "audio encoder": "pytorch (reference)",
+        "motion generator": "pytorch (reference)",
+        "sampler step": "pytorch (reference)",
         "renderer": "pytorch (reference)",
         "keypoint transform": "native extension" if _native_ok(device) else "pytorch (reference)",
     }
