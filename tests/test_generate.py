@@ -144,7 +144,8 @@ def test_bad_audio(tmp_path, tiny_full_weights, sample_image, case):
     out_dir.mkdir()
     res = run("generate", "--image", sample_image, "--audio", audio, "--weights", tiny_full_weights,
               "-o", out_dir / "x.mp4", *extra)
-    message = {"zero-length": "", "corrupt": "", "no audio stream": "no audio stream", "too long": "limit"}[case]
+    message = {"zero-length": "audio file is empty", "corrupt": "not an audio file, or corrupt",
+               "no audio stream": "no audio stream", "too long": "limit"}[case]
     _assert_clean_failure(res, message, out_dir)
     assert not list(out_dir.iterdir())
 
