@@ -1,6 +1,13 @@
-"""Triton kernels of the engine, imported as vasa_engine.kernels."""
+"""Triton kernels of the engine, imported as vasa_engine.kernels.
+
+Importing this package imports every kernel module in it (when Triton is installed); each registers its
+operations with `vasa_engine.ops.register_kernel`, beside the PyTorch reference it must match.
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 
 def triton_available() -> tuple[bool, str | None]:
@@ -10,3 +17,15 @@ def triton_available() -> tuple[bool, str | None]:
     except Exception:  # noqa: BLE001 - ImportError, or a broken install failing at import time
         return False, None
     return True, str(getattr(triton, "__version__", "unknown"))
+
+
+def _import_kernel_modules() -> list[str]:
+    if not triton_available()[0]:
+        return []
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    return names
+
+
+KERNEL_MODULES = _import_kernel_modules()

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
+from .backend import BACKENDS
 from .errors import VasaError
 
 EXIT_BAD_INPUT = 2
@@ -34,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -44,22 +45,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_engine_options(p: argparse.ArgumentParser) -> None:
+def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", action="append",
                    help="engine weights (.safetensors with its .json); repeat to combine files (e.g. a renderer and "
                         "a motion generator); default: seeded random weights")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto",
                    help="auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16 (default: auto)")
-    p.add_argument("--batch-size", type=_positive_int, help="frames rendered per batch (default: 8 on CUDA, 1 on CPU)")
+    p.add_argument("--batch-size", type=positive_int, help="frames rendered per batch (default: 8 on CUDA, 1 on CPU)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random weights (where no weights are given) and of the start noise")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (Triton kernels on CUDA), reference (PyTorch everywhere) or kernels; default auto")
 
 
-def _engine(args):
+def engine_from_args(args):
     from .engine import Engine
 
-    return Engine(args.weights, device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size)
+    return Engine(args.weights, device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
+                  backend=args.backend)
 
 
 def _weights_label(engine) -> str:
@@ -69,15 +73,15 @@ def _weights_label(engine) -> str:
     return f"{given + '; ' if given else ''}seeded random for {', '.join(engine.random_components)}"
 
 
-def _progress(total: int, unit: str = "frame"):
+def progress_bar(total: int, unit: str = "frame"):
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, disable=total < 8 or not sys.stderr.isatty(), leave=False)
 
 
-def _write_frames(writer, batches, total: int, watermark=None) -> int:
+def write_frames(writer, batches, total: int, watermark=None) -> int:
     done = 0
-    with _progress(total) as bar:
+    with progress_bar(total) as bar:
         for batch in batches:
             writer.write(watermark.apply(batch) if watermark is not None else batch)
             done += len(batch)
@@ -85,7 +89,7 @@ def _write_frames(writer, batches, total: int, watermark=None) -> int:
     return done
 
 
-def _device_line(engine) -> str:
+def device_line(engine) -> str:
     return (f"device: {engine.device_name}, dtype: {str(engine.dtype).replace('torch.', '')}, "
             f"batch: {engine.batch_size}, weights: {_weights_label(engine)}")
 
@@ -99,7 +103,7 @@ def _render_scripted(args, image) -> int:
     writer = VideoWriter(out, fps=args.fps)  # checks the output path before any work
     pixels = load_image(image)
     with writer:
-        engine = _engine(args)
+        engine = engine_from_args(args)
         frames = args.frames or (GPU_SCRIPTED_FRAMES if engine.device.type == "cuda" else CPU_SCRIPTED_FRAMES)
         if args.frames is None and engine.device.type == "cpu":
             print(f"on the CPU this renders {CPU_SCRIPTED_FRAMES} frames (about 10 s each at full size); "
@@ -109,10 +113,10 @@ def _render_scripted(args, image) -> int:
         t_prepare = time.perf_counter() - t0
         motion = scripted_motion(avatar, frames, fps=args.fps)
         t0 = time.perf_counter()
-        done = _write_frames(writer, engine.render_batches(avatar, motion), frames)
+        done = write_frames(writer, engine.render_batches(avatar, motion), frames)
         t_render = time.perf_counter() - t0
     print(f"rendered {done} frames ({done / args.fps:.2f} s of video at {args.fps:g} fps) to {out}")
-    print(_device_line(engine))
+    print(device_line(engine))
     print(f"prepare: {t_prepare * 1000:.0f} ms; render: {t_render / done * 1000:.1f} ms per frame "
           f"({done / t_render:.2f} fps, encoding included)")
     return 0
@@ -145,7 +149,7 @@ def _generate(args, image, audio, cpu_frames: int | None = None) -> int:
     check_output_path(out)  # before any work
     pixels = load_image(image)
     samples = load_audio(audio, max_seconds=args.max_audio_seconds)
-    engine = _engine(args)
+    engine = engine_from_args(args)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     avatar = engine.prepare(pixels)
@@ -166,12 +170,12 @@ def _generate(args, image, audio, cpu_frames: int | None = None) -> int:
     watermark = Watermark() if args.watermark else None
     t0 = time.perf_counter()
     with VideoWriter(out, audio=(clip, SAMPLE_RATE)) as writer:
-        done = _write_frames(writer, engine.generate_batches(avatar, motion, controls), n, watermark)
+        done = write_frames(writer, engine.generate_batches(avatar, motion, controls), n, watermark)
     timings["renderer + encoding"] = time.perf_counter() - t0
     total = time.perf_counter() - t_start
     print(f"generated {done} frames ({done / 25:.2f} s of video at 25 fps, from {len(samples) / SAMPLE_RATE:.2f} s of "
           f"audio) to {out}")
-    print(_device_line(engine) + f", sampler: {controls.sampler}, steps: "
+    print(device_line(engine) + f", sampler: {controls.sampler}, steps: "
           f"{engine.motion_stack.generator.cfg.n_diff_steps if controls.sampler == 'ddpm' else controls.steps}")
     stages = "; ".join(f"{name}: {sec * 1000:.0f} ms" for name, sec in timings.items())
     print(f"{stages}; renderer {timings['renderer + encoding'] / done * 1000:.1f} ms per frame")
@@ -232,7 +236,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _float_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+def float_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -255,23 +259,23 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _add_generation_options(p: argparse.ArgumentParser) -> None:
+def add_generation_options(p: argparse.ArgumentParser) -> None:
     from .generation import SAMPLERS
 
     g = p.add_argument_group("motion generation")
-    g.add_argument("--steps", type=_positive_int, default=10,
+    g.add_argument("--steps", type=positive_int, default=10,
                    help="sampler steps, 1 to the model's diffusion steps (50 for JoyVASA); default 10")
     g.add_argument("--sampler", choices=SAMPLERS, default="dpmpp_2m",
                    help="dpmpp_2m (DPM-Solver++(2M)) or ddim, both few-step; ddpm: the reference's ancestral "
                         "sampler, every diffusion step (ignores --steps); default dpmpp_2m")
-    g.add_argument("--audio-scale", type=_float_in(0, 10), default=2.8,
+    g.add_argument("--audio-scale", type=float_in(0, 10), default=2.8,
                    help="guidance weight of the audio, 0..10 (1 = no guidance, JoyVASA uses 2.0 to 2.8); default 2.8")
     for name in ("gaze", "distance", "emotion"):
-        g.add_argument(f"--{name}-scale", type=_float_in(0, 10), default=1.0,
+        g.add_argument(f"--{name}-scale", type=float_in(0, 10), default=1.0,
                        help=f"guidance weight of the {name} condition, 0..10; default 1")
-    g.add_argument("--gaze", type=_float_in(-90, 90), nargs=2, metavar=("THETA", "PHI"),
+    g.add_argument("--gaze", type=float_in(-90, 90), nargs=2, metavar=("THETA", "PHI"),
                    help="main gaze direction in degrees, each in [-90, 90] (models with a gaze condition)")
-    g.add_argument("--distance", type=_float_in(0.25, 4),
+    g.add_argument("--distance", type=float_in(0.25, 4),
                    help="head-to-camera distance relative to the portrait, 0.25..4 (a model condition where the "
                         "model has one; otherwise applied as the head's scale)")
     g.add_argument("--emotion", type=_float_list,
@@ -279,22 +283,22 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
                         "an emotion condition)")
     r = p.add_argument_group("renderer controls")
     for axis in ("pitch", "yaw", "roll"):
-        r.add_argument(f"--head-{axis}", type=_float_in(-45, 45), default=0.0,
+        r.add_argument(f"--head-{axis}", type=float_in(-45, 45), default=0.0,
                        help=f"degrees added to the generated head {axis}, -45..45; default 0")
-    r.add_argument("--eye-openness", type=_float_in(0, 1),
+    r.add_argument("--eye-openness", type=float_in(0, 1),
                    help="fixed eye openness ratio, 0 (closed) .. 0.4 (wide open), at most 1; overrides blinks")
-    r.add_argument("--lip-openness", type=_float_in(0, 1),
+    r.add_argument("--lip-openness", type=float_in(0, 1),
                    help="fixed mouth openness ratio, 0 (closed) .. about 0.8, at most 1; overrides the lips")
-    r.add_argument("--smoothing", type=_float_in(0, 1, high_open=True), default=0.99,
+    r.add_argument("--smoothing", type=float_in(0, 1, high_open=True), default=0.99,
                    help="moving-average weight of the previous frame's pose, scale and translation, [0, 1); "
                         "0 = none; default 0.99 (as the reference)")
-    r.add_argument("--driving-multiplier", type=_float_in(0, 3), default=1.10,
+    r.add_argument("--driving-multiplier", type=float_in(0, 3), default=1.10,
                    help="scales the motion around the portrait's keypoints, 0..3; default 1.1 (as the reference)")
     r.add_argument("--stitching", action="store_true", help="apply the stitching MLP (off in the reference)")
     o = p.add_argument_group("output")
-    o.add_argument("--frames", type=_positive_int, help="render only the first N frames")
+    o.add_argument("--frames", type=positive_int, help="render only the first N frames")
     o.add_argument("--watermark", action="store_true", help="draw a visible 'AI-generated' label on every frame")
-    o.add_argument("--max-audio-seconds", type=_float_in(0, 86400, low_open=True), default=600,
+    o.add_argument("--max-audio-seconds", type=float_in(0, 86400, low_open=True), default=600,
                    help="refuse longer audio; default 600 (10 minutes)")
 
 
@@ -311,23 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="portrait: PNG, JPEG or WebP, at least 64x64")
     p.add_argument("--audio", required=True, help="speech: WAV, FLAC, MP3, M4A/AAC or OGG, any rate and channels")
     p.add_argument("-o", "--output", required=True, help="output MP4 path")
-    _add_generation_options(p)
-    _add_engine_options(p)
+    add_generation_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="generate on the bundled portrait and speech (the first second on a CPU)")
     p.add_argument("-o", "--output", default="demo.mp4", help="output MP4 path (default: demo.mp4)")
-    _add_generation_options(p)
-    _add_engine_options(p)
+    add_generation_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("render", help="render a portrait through a scripted motion (head turn, blink, mouth)")
     p.add_argument("--image", required=True, help="portrait: PNG, JPEG or WebP, at least 64x64")
     p.add_argument("-o", "--output", required=True, help="output MP4 path")
-    p.add_argument("--frames", type=_positive_int,
+    p.add_argument("--frames", type=positive_int,
                    help=f"frames (default: {GPU_SCRIPTED_FRAMES} on CUDA, {CPU_SCRIPTED_FRAMES} on the CPU)")
-    p.add_argument("--fps", type=_float_in(1, 120), default=25.0, help="video frame rate (default: 25)")
-    _add_engine_options(p)
+    p.add_argument("--fps", type=float_in(1, 120), default=25.0, help="video frame rate (default: 25)")
+    add_engine_options(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("convert", help="convert public checkpoints to the engine format")
@@ -341,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--template", required=True, help="motion_template/motion_template.pkl")
     c.add_argument("-o", "--output", required=True, help="output .safetensors path (a .json is written beside it)")
     c.set_defaults(func=cmd_convert)
+
+    from . import commands
+
+    for module in commands.modules():
+        module.add_parser(sub)
     return parser
 
 

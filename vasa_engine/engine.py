@@ -18,6 +18,8 @@ from .io.audio import DEFAULT_MAX_SECONDS
 from .models.keypoints import eye_ratios, lip_ratio
 from .models.motion_generator import MotionGeneratorConfig
 from .models.renderer import FaceRenderer, SourceState
+from .backend import check as check_backend
+from .backend import use as use_backend
 from .runtime import device_name, resolve_device, resolve_dtype
 from .weights import RANDOM_WEIGHTS_WARNING, component_state, load_state_checked, load_weights, save_weights, seeded
 
@@ -114,6 +116,9 @@ class Avatar:
 class Engine:
     """One portrait and speech (or driving motion) in, 512x512 frames out.
 
+    backend: "auto" (Triton kernels on CUDA), "reference" (PyTorch everywhere) or "kernels" (see vasa_engine.backend);
+    it applies to this engine's calls only.
+
     weights: an engine weights file (.safetensors with its .json), a list of them (their components are
     merged: e.g. a converted LivePortrait renderer and a converted JoyVASA motion generator), or None. A
     component no file provides runs on seeded random weights, and a warning line says so (a random renderer
@@ -125,7 +130,8 @@ class Engine:
     def __init__(self, weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "auto",
                  dtype: str = "auto", *, seed: int = 0, config: RendererConfig | None = None,
                  motion_config: MotionGeneratorConfig | None = None, audio_config=None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, backend: str = "auto"):
+        self.backend = check_backend(backend)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.seed = seed
@@ -268,7 +274,8 @@ class Engine:
         square = center_square(load_image(image))
         side = square.shape[0]
         net_image = resize(square, self.config.input_size)
-        source = self.renderer.encode_source(to_tensor(net_image).to(self.device))
+        with use_backend(self.backend):
+            source = self.renderer.encode_source(to_tensor(net_image).to(self.device))
         if landmarks is not None:
             lm = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
             if lm.shape != (203, 2):
@@ -293,11 +300,12 @@ class Engine:
         src = avatar.source
         for start in range(0, len(motion), step):
             m = motion[start : start + step].to(self.device)
-            x_d = self.renderer.driving_keypoints(
-                src, m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale, eye_ratio=m.eye, lip_ratio=m.lip,
-                source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio, stitching=stitching,
-                driving_multiplier=driving_multiplier)
-            image = self.renderer.warp_decode(src.feature_3d, src.x_s, x_d)
+            with use_backend(self.backend):
+                x_d = self.renderer.driving_keypoints(
+                    src, m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale, eye_ratio=m.eye, lip_ratio=m.lip,
+                    source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio, stitching=stitching,
+                    driving_multiplier=driving_multiplier)
+                image = self.renderer.warp_decode(src.feature_3d, src.x_s, x_d)
             # As the reference: clip to [0, 1], scale to 255 and truncate.
             frames = (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
             yield frames.cpu().numpy()
@@ -332,8 +340,9 @@ class Engine:
 
         t0 = time.perf_counter()
         windows, clip_frames = clip_windows(samples[None], cfg.n_motions)
-        features = torch.cat([stack.audio.window_features(chunk.to(self.device, self.dtype))
-                              for chunk in windows[0].split(AUDIO_WINDOWS_PER_BATCH)])
+        with use_backend(self.backend):
+            features = torch.cat([stack.audio.window_features(chunk.to(self.device, self.dtype))
+                                  for chunk in windows[0].split(AUDIO_WINDOWS_PER_BATCH)])
         self._sync()
         timings["audio encoder"] = time.perf_counter() - t0
 
@@ -345,7 +354,9 @@ class Engine:
             conditions["distance"] = torch.tensor([[controls.distance]], dtype=torch.float32, device=self.device)
         if controls.emotion is not None:
             conditions["emotion"] = torch.tensor([list(controls.emotion)], dtype=torch.float32, device=self.device)
-        motion = generate_windows(stack.generator, features, controls, conditions, progress=progress)[:clip_frames]
+        with use_backend(self.backend):
+            motion = generate_windows(stack.generator, features, controls, conditions, progress=progress)
+        motion = motion[:clip_frames]
         self._sync()
         timings["motion generator"] = time.perf_counter() - t0
 

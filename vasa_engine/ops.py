@@ -1,36 +1,135 @@
 """The operations the models route through the backend switch.
 
-Each function here is the plain PyTorch reference. The model code calls these, never the kernels directly, so
-a backend can replace one operation without touching the math around it.
+Each operation has a plain PyTorch reference here (`<name>_reference`). The model code calls the operation, never
+a kernel directly; a Triton kernel registers itself for an operation with `@register_kernel(name)` (in the
+`vasa_engine.kernels` package, imported on first use), and runs when `backend.kernels_active` says so for the
+tensors' device. A kernel may return `NotImplemented` for arguments it does not handle; the reference runs then.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+from . import backend
 
-def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool = False,
-                   padding_mode: str = "zeros") -> torch.Tensor:
-    """Trilinear sample of volume (B, C, D, H, W) at grid (B, d, h, w, 3) holding (x, y, z) in [-1, 1].
+_KERNELS: dict[str, Callable] = {}
+_loaded = False
 
-    The coordinates stay fp32: sampling happens in fp32 and the result is cast back to the volume's dtype.
-    """
+
+def register_kernel(name: str):
+    def decorate(fn: Callable) -> Callable:
+        _KERNELS[name] = fn
+        return fn
+
+    return decorate
+
+
+def registered_kernels() -> dict[str, Callable]:
+    _load_kernels()
+    return dict(_KERNELS)
+
+
+def _load_kernels() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import vasa_engine.kernels  # noqa: F401  (registers every kernel module)
+
+
+def _dispatch(name: str, device, *args, **kwargs):
+    if backend.kernels_active(device):
+        _load_kernels()
+        kernel = _KERNELS.get(name)
+        if kernel is not None:
+            out = kernel(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+    return NotImplemented
+
+
+# ------------------------------------------------------------------------------------------------ grid sample
+
+
+def grid_sample_3d_reference(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool = False,
+                             padding_mode: str = "zeros") -> torch.Tensor:
     out = F.grid_sample(volume.float(), grid.float(), mode="bilinear", padding_mode=padding_mode,
                         align_corners=align_corners)
     return out.to(volume.dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-              ) -> torch.Tensor:
-    """Softmax attention over (B, H, N, Dh) tensors, scale 1/sqrt(Dh). key_padding_mask: (B, N_k) bool, True for
-    keys to ignore."""
-    mask = None
-    if key_padding_mask is not None:
-        mask = ~key_padding_mask[:, None, None, :]
+def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool = False,
+                   padding_mode: str = "zeros") -> torch.Tensor:
+    """Trilinear sample of volume (B, C, D, H, W) at grid (B, d, h, w, 3) holding (x, y, z) in [-1, 1]
+    -> (B, C, d, h, w) in the volume's dtype. Coordinates are used in fp32 whatever the volume's dtype.
+    padding_mode "zeros" or "border"."""
+    out = _dispatch("grid_sample_3d", volume.device, volume, grid, align_corners=align_corners,
+                    padding_mode=padding_mode)
+    if out is NotImplemented:
+        out = grid_sample_3d_reference(volume, grid, align_corners, padding_mode)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ attention
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention over (B, H, N, Dh) tensors, scale 1/sqrt(Dh), no causal mask. key_padding_mask:
+    (B, N_k) bool, True for keys to ignore (every query row must keep at least one key)."""
+    out = _dispatch("attention", q.device, q, k, v, key_padding_mask=key_padding_mask)
+    if out is NotImplemented:
+        out = attention_reference(q, k, v, key_padding_mask)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ norms
+
+
+def add_layer_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                             eps: float) -> torch.Tensor:
+    return F.layer_norm(x + residual, weight.shape, weight, bias, eps)
+
+
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
-    """LayerNorm(x + residual): the post-norm transformer's residual step."""
-    return F.layer_norm(x + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    """LayerNorm(x + residual) over the last axis: the post-norm transformer's residual step."""
+    out = _dispatch("add_layer_norm", x.device, x, residual, norm.weight, norm.bias, norm.eps)
+    if out is NotImplemented:
+        out = add_layer_norm_reference(x, residual, norm.weight, norm.bias, norm.eps)
+    return out
+
+
+def add_embeddings_reference(x: torch.Tensor, positions: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    return x + positions[None, : x.shape[1]] + condition
+
+
+def add_embeddings(x: torch.Tensor, positions: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, N, d) + position table rows (>= N, d) + per-window condition embedding (B, 1, d): the sum of
+    the step, gaze, distance and emotion embeddings."""
+    out = _dispatch("add_embeddings", x.device, x, positions, condition)
+    if out is NotImplemented:
+        out = add_embeddings_reference(x, positions, condition)
+    return out
+
+
+def spade_modulate_reference(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                             negative_slope: float | None = None, eps: float = 1e-5) -> torch.Tensor:
+    out = F.instance_norm(x, eps=eps) * (1 + gamma) + beta
+    return out if negative_slope is None else F.leaky_relu(out, negative_slope)
+
+
+def spade_modulate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None = None,
+                   eps: float = 1e-5) -> torch.Tensor:
+    """InstanceNorm(x) * (1 + gamma) + beta, then LeakyReLU(negative_slope) unless it is None. All (B, C, H, W)."""
+    out = _dispatch("spade_modulate", x.device, x, gamma, beta, negative_slope=negative_slope, eps=eps)
+    if out is NotImplemented:
+        out = spade_modulate_reference(x, gamma, beta, negative_slope, eps)
+    return out

@@ -51,15 +51,26 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def stage_backends(device: torch.device) -> dict[str, str]:
-    """Which implementation each stage runs on `device`."""
-    return {
-        "audio encoder": "pytorch (reference)",
-        "motion generator": "pytorch (reference)",
-        "sampler step": "pytorch (reference)",
-        "renderer": "pytorch (reference)",
-        "keypoint transform": "native extension" if _native_ok(device) else "pytorch (reference)",
-    }
+STAGE_OPS = {
+    "audio encoder": ("attention",),
+    "motion generator": ("attention", "add_layer_norm", "add_embeddings"),
+    "renderer": ("grid_sample_3d", "spade_modulate"),
+}
+
+
+def stage_backends(device: torch.device, choice: str = "auto") -> dict[str, str]:
+    """Which implementation each stage runs on `device` under the backend `choice`."""
+    from . import backend, ops
+
+    with backend.use(choice):
+        active = backend.kernels_active(device)
+    kernels = ops.registered_kernels() if active else {}
+    out = {}
+    for stage, names in STAGE_OPS.items():
+        got = [n for n in names if n in kernels]
+        out[stage] = f"triton kernels ({', '.join(got)}) + pytorch" if got else "pytorch (reference)"
+    out["keypoint transform"] = "native extension" if _native_ok(device) else "pytorch (reference)"
+    return out
 
 
 def _native_ok(device: torch.device) -> bool:

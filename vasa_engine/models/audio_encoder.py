@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..config import _Config
 from ..errors import CheckpointError
 
@@ -262,7 +263,7 @@ class Attention(nn.Module):
         def heads(y: torch.Tensor) -> torch.Tensor:
             return y.reshape(b, t, self.num_heads, h // self.num_heads).transpose(1, 2)
 
-        o = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)))
+        o = ops.attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)))
         return self.out_proj(o.transpose(1, 2).reshape(b, t, h))
 
 

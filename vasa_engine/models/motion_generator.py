@@ -155,7 +155,7 @@ class DenoisingNetwork(nn.Module):
                 conditions: dict | None = None) -> torch.Tensor:
         """indicator is accepted for the reference's signature and has no effect (as there)."""
         x = self.feature_proj(torch.cat([prev_motion_feat, motion_feat], dim=1))
-        x = x + self.PE.pe[:, : x.shape[1]] + self.condition_embedding(step, conditions)
+        x = ops.add_embeddings(x, self.PE.pe[0], self.condition_embedding(step, conditions).to(x.dtype))
         memory = torch.cat([prev_audio_feat, audio_feat], dim=1)
         for layer in self.transformer.layers:
             x = layer(x, memory)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..config import SpadeConfig
 
 SPADE_HIDDEN = 128
@@ -45,11 +46,11 @@ class SPADE(nn.Module):
         self.mlp_gamma = nn.Conv2d(SPADE_HIDDEN, norm_nc, 3, padding=1)
         self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, norm_nc, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        normalized = F.instance_norm(x, eps=1e-5)
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, negative_slope: float | None = None) -> torch.Tensor:
+        """negative_slope: a LeakyReLU applied to the result in the same pass (None: no activation)."""
         seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(seg)
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        return ops.spade_modulate(x, self.mlp_gamma(actv), self.mlp_beta(actv), negative_slope)
 
 
 class SPADEResnetBlock(nn.Module):
@@ -67,8 +68,8 @@ class SPADEResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+        dx = self.conv_0(self.norm_0(x, seg, 0.2))
+        dx = self.conv_1(self.norm_1(dx, seg, 0.2))
         return shortcut + dx
 
 
