@@ -29,6 +29,9 @@ NATIVE_SOURCES = [
     "csrc/keypoint_math.h",
     "csrc/keypoints_cuda.cu",
     "csrc/keypoints_cuda.h",
+    "csrc/sampler_math.h",
+    "csrc/sampler_step_cuda.cu",
+    "csrc/sampler_step_cuda.h",
 ]
 
 

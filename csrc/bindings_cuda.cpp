@@ -1,11 +1,15 @@
 // CUDA extension vasa_engine._C_cuda: launches the driving-keypoint kernel on raw device pointers.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "keypoints_cuda.h"
+#include "sampler_step_cuda.h"
+
+#include <vector>
 
 namespace py = pybind11;
 
@@ -51,6 +55,27 @@ void driving_keypoints(std::uintptr_t kp, std::uintptr_t pitch, std::uintptr_t y
     }
 }
 
+void sampler_step(std::uintptr_t branches, int dtype, int64_t n, const std::vector<float>& scales,
+                  std::uintptr_t x_t, std::uintptr_t x0_prev, std::uintptr_t z, float a, float b0, float b1,
+                  float sigma, std::uintptr_t x_out, std::uintptr_t x0_out, std::uintptr_t stream) {
+    const int nb = static_cast<int>(scales.size()) + 1;
+    if (n < 0) throw std::invalid_argument("sampler_step: n must be >= 0");
+    if (nb > 8) throw std::invalid_argument("sampler_step: at most 8 branches");
+    if (dtype < 0 || dtype > 2) throw std::invalid_argument("sampler_step: dtype must be 0, 1 or 2");
+    if (n > 0 && (!branches || !x_t || !x_out)) throw std::invalid_argument("sampler_step: null device pointer");
+    int err;
+    {
+        py::gil_scoped_release no_gil;
+        err = vasa::launch_sampler_step(as_ptr(branches), dtype, n, nb, scales.data(), as_fptr(x_t), as_fptr(x0_prev),
+                                        as_fptr(z), a, b0, b1, sigma, reinterpret_cast<float*>(x_out),
+                                        reinterpret_cast<float*>(x0_out), as_ptr(stream));
+    }
+    if (err != 0) {
+        throw std::runtime_error(std::string("sampler_step: CUDA kernel launch failed: ") +
+                                 vasa::cuda_error_string(err));
+    }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -62,6 +87,12 @@ PYBIND11_MODULE(_C_cuda, m) {
           "Pointers are device addresses of contiguous float32 data: kp (kp_batch, K, 3) with kp_batch 1 or B;\n"
           "pitch, yaw, roll, scale (B,); exp (B, K, 3); t (B, 3); out (B, K, 3). Asynchronous: only launch\n"
           "errors are raised here (RuntimeError).");
+    m.def("sampler_step", &sampler_step, py::arg("branches"), py::arg("dtype"), py::arg("n"), py::arg("scales"),
+          py::arg("x_t"), py::arg("x0_prev"), py::arg("z"), py::arg("a"), py::arg("b0"), py::arg("b1"),
+          py::arg("sigma"), py::arg("x_out"), py::arg("x0_out"), py::arg("stream") = 0,
+          "Launch the fused sampler step on `stream`. Device addresses: branches (nb, n) with nb = len(scales) + 1\n"
+          "(dtype 0 float32, 1 float16, 2 bfloat16), x_t, x0_prev, z, x_out, x0_out (n,) float32 (x0_prev, z and\n"
+          "x0_out may be 0). Asynchronous: only launch errors are raised here (RuntimeError).");
     m.def("build_info", []() {
         py::dict info;
         info["cuda_compiler"] = VASA_CUDA_COMPILER;

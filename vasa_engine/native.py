@@ -186,6 +186,79 @@ def _reference(kp, pitch, yaw, roll, exp, t, scale):
     return transform_keypoints(kp, rotation_matrix(pitch, yaw, roll), exp, t, scale).float()
 
 
+_STEP_DTYPES = {"torch.float32": 0, "torch.float16": 1, "torch.bfloat16": 2}
+
+
+def sampler_step_reference(branches, scales, x_t, x0_prev, z, a: float, b0: float, b1: float, sigma: float):
+    """PyTorch reference of the fused step (same operation order): returns (x_prev, x0), both float32."""
+    out = branches.float()
+    x0 = out[0]
+    for k, s in enumerate(scales, start=1):
+        x0 = x0 + s * (out[k] - out[k - 1])
+    x = a * x_t + b0 * x0
+    if x0_prev is not None:
+        x = x + b1 * x0_prev
+    if z is not None:
+        x = x + sigma * z
+    return x, x0
+
+
+def sampler_step(branches, scales, x_t, x0_prev=None, z=None, *, a: float, b0: float, b1: float = 0.0,
+                 sigma: float = 0.0, out=None, x0_out=None):
+    """One fused reverse-diffusion step: guidance over every branch, then
+    x_prev = ((a x_t + b0 x0) + b1 x0_prev) + sigma z.
+
+    branches: (nb, *shape) model outputs in float32, float16 or bfloat16 (branch 0 all conditions dropped, branch k
+    adding the k-th); scales: nb - 1 guidance weights; x_t, x0_prev, z: float32 of `shape` (x0_prev and z optional).
+    Returns (x_prev, x0) float32 (written into `out` / `x0_out` when given). CPU tensors go through vasa_engine._C,
+    CUDA tensors through vasa_engine._C_cuda on the current stream (capturable in a CUDA graph); without the
+    extension the PyTorch reference computes it.
+    """
+    import torch
+
+    nb = branches.shape[0]
+    if len(scales) != nb - 1:
+        raise ValueError(f"sampler_step: {nb} branches need {nb - 1} scales, got {len(scales)}")
+    shape = tuple(branches.shape[1:])
+    for name, tensor in (("x_t", x_t), ("x0_prev", x0_prev), ("z", z)):
+        if tensor is not None and (tuple(tensor.shape) != shape or tensor.dtype != torch.float32):
+            raise ValueError(f"sampler_step: {name} must be float32 of shape {shape}, got {tensor.dtype} "
+                             f"{tuple(tensor.shape)}")
+    dtype = _STEP_DTYPES.get(str(branches.dtype))
+    device = x_t.device
+    if out is None:
+        out = torch.empty(shape, device=device, dtype=torch.float32)
+    if x0_out is None:
+        x0_out = torch.empty(shape, device=device, dtype=torch.float32)
+    flat = [t.contiguous() if t is not None else None for t in (branches, x_t, x0_prev, z)]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in flat)
+    fast = dtype is not None and out.is_contiguous() and x0_out.is_contiguous() and not needs_grad
+    if fast and device.type == "cpu" and cpu_module() is not None:
+        b = flat[0].reshape(nb, -1)
+        b_np = b.view(torch.int16).numpy() if dtype == 2 else b.numpy()
+        vec = [None if t is None else t.reshape(-1).numpy() for t in flat[1:]]
+        cpu_module().sampler_step(b_np, dtype, [float(s) for s in scales], vec[0], vec[1], vec[2], float(a),
+                                  float(b0), float(b1), float(sigma), out.view(-1).numpy(), x0_out.view(-1).numpy())
+        return out, x0_out
+    if fast and device.type == "cuda":
+        mod = cuda_module()
+        if mod is not None and _cuda_runs_on(device, mod):
+            try:
+                with torch.cuda.device(device):
+                    stream = torch.cuda.current_stream(device).cuda_stream
+                    ptr = [0 if t is None else t.data_ptr() for t in flat]
+                    mod.sampler_step(ptr[0], dtype, out.numel(), [float(s) for s in scales], ptr[1], ptr[2], ptr[3],
+                                     float(a), float(b0), float(b1), float(sigma), out.data_ptr(),
+                                     x0_out.data_ptr(), stream)
+                return out, x0_out
+            except RuntimeError as exc:
+                _disable_cuda_for(device, exc)
+    x, x0 = sampler_step_reference(branches, scales, x_t, x0_prev, z, a, b0, b1, sigma)
+    out.copy_(x)
+    x0_out.copy_(x0)
+    return out, x0_out
+
+
 class _SourceKernelsFinder(importlib.abc.MetaPathFinder):
     """Resolves vasa_engine.kernels to the top-level kernels/ folder of a source checkout."""
 
