@@ -292,8 +292,8 @@ class EncoderLayer(nn.Module):
         if self.pre_norm:
             h = h + self.attention(self.layer_norm(h))
             return h + self.feed_forward(self.final_layer_norm(h))
-        h = self.layer_norm(h + self.attention(h))
-        return self.final_layer_norm(h + self.feed_forward(h))
+        h = ops.add_layer_norm(h, self.attention(h), self.layer_norm)
+        return ops.add_layer_norm(h, self.feed_forward(h), self.final_layer_norm)
 
 
 class Encoder(nn.Module):
