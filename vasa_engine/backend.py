@@ -55,6 +55,10 @@ def interpreting() -> bool:
 
 def kernels_active(device) -> bool:
     """Whether an operation on tensors of `device` should run the engine's kernel (where one exists)."""
+    import torch
+
+    if torch.compiler.is_compiling():  # torch.compile traces the reference: it makes its own kernels
+        return False
     choice = _current.get()
     if choice == "reference" or not triton_available():
         return False

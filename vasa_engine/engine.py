@@ -229,9 +229,11 @@ class Engine:
             names = {"audio": "audio encoder", "motion_generator": "motion generator"}
             log.warning("warning: no weights for the %s: using seeded random weights, so the motion will not "
                         "follow the speech", " and ".join(names[n] for n in missing))
+        schedule = {k: v.float().clone() for k, v in generator.diffusion_sched.named_buffers()}
         for module in (audio, generator):
             module.eval().to(self.device, self.dtype)
-        generator.diffusion_sched.float()  # the schedule stays fp32
+        for name, value in schedule.items():  # the schedule stays exact fp32: a half-precision round trip breaks it
+            setattr(generator.diffusion_sched, name, value.to(self.device))
         return MotionStack(audio, generator, template)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -384,6 +386,13 @@ class Engine:
         motion = self.generate_motion(avatar, audio, controls, sample_rate=sample_rate, max_seconds=max_seconds)
         batches = list(self.generate_batches(avatar, motion, controls))
         return np.concatenate(batches)
+
+    def stream(self, avatar: Avatar, controls: Controls | None = None, **settings):
+        """A streaming session: speech chunks in (`push`), frames out as they are ready, bounded latency. Settings
+        (chunk_ms, lookahead_ms, past_ms, idle, ...) and the design: vasa_engine.streaming. Close it when done."""
+        from .streaming import StreamSession
+
+        return StreamSession(self, avatar, controls, **settings)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -179,6 +179,50 @@ class GuidedDenoiser:
 DenoiserFactory = Callable[[int, torch.Tensor, torch.Tensor | None, torch.Tensor | None], Callable]
 
 
+def guidance_scales(controls: Controls) -> dict[str, float]:
+    """The classifier-free guidance weight of each condition, as GuidedDenoiser takes them."""
+    return {"audio": controls.audio_scale, "gaze": controls.gaze_scale, "distance": controls.distance_scale,
+            "emotion": controls.emotion_scale}
+
+
+def model_conditions(controls: Controls, cfg, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The per-window model conditions the controls ask for (gaze; distance where the model has it; emotion)."""
+    conditions = {}
+    if controls.gaze is not None:
+        conditions["gaze"] = torch.tensor([list(controls.gaze)], dtype=torch.float32, device=device)
+    if controls.distance is not None and cfg.distance:
+        conditions["distance"] = torch.tensor([[controls.distance]], dtype=torch.float32, device=device)
+    if controls.emotion is not None:
+        conditions["emotion"] = torch.tensor([list(controls.emotion)], dtype=torch.float32, device=device)
+    return conditions
+
+
+def start_noise(cfg, seed: int) -> torch.Tensor:
+    """The start noise (1, L, M) every window is sampled from, drawn on the CPU from `seed`."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(1, cfg.n_motions, cfg.motion_dim, generator=gen)
+
+
+def sample_window(model: MotionGenerator, audio: torch.Tensor, prev_motion: torch.Tensor | None,
+                  prev_audio: torch.Tensor | None, controls: Controls, x_T: torch.Tensor, *,
+                  conditions: dict[str, torch.Tensor] | None = None, x0_fn: Callable | None = None,
+                  ddpm_generator: torch.Generator | None = None, schedule=None) -> torch.Tensor:
+    """One window: audio features (1, L, d) and the previous frames' motion (1, Lp, M) and audio (1, Lp, d) (None:
+    the learned start context) -> normalized motion (1, L, M), sampled from the start noise x_T (1, L, M, fp32).
+
+    x0_fn replaces the guided transformer. The "ddpm" sampler draws its per-step noise from ddpm_generator (CPU).
+    """
+    schedule = schedule if schedule is not None else model.diffusion_sched.schedule()
+    if x0_fn is None:
+        x0_fn = GuidedDenoiser(model, audio, prev_motion, prev_audio, conditions or {}, guidance_scales(controls))
+    if controls.sampler == "ddpm":
+        if ddpm_generator is None:
+            ddpm_generator = torch.Generator(device="cpu").manual_seed(controls.seed + 1)
+        z = torch.randn(max(schedule.T - 1, 0), *x_T.shape, generator=ddpm_generator).to(x_T.device)
+        return sample_ddpm(x0_fn, x_T, schedule, noise=z)
+    return sample(x0_fn, x_T, schedule, method=controls.sampler, steps=controls.steps)
+
+
 def generate_windows(model: MotionGenerator, features: torch.Tensor, controls: Controls,
                      conditions: dict[str, torch.Tensor] | None = None,
                      denoiser_factory: DenoiserFactory | None = None, noise: torch.Tensor | None = None,
@@ -192,25 +236,16 @@ def generate_windows(model: MotionGenerator, features: torch.Tensor, controls: C
     device = features.device
     schedule = model.diffusion_sched.schedule()
     if noise is None:
-        gen = torch.Generator(device="cpu").manual_seed(controls.seed)
-        noise = torch.randn(1, cfg.n_motions, cfg.motion_dim, generator=gen)
+        noise = start_noise(cfg, controls.seed)
     x_T = noise.to(device=device, dtype=torch.float32)
     ddpm_gen = torch.Generator(device="cpu").manual_seed(controls.seed + 1)
-    scales = {"audio": controls.audio_scale, "gaze": controls.gaze_scale, "distance": controls.distance_scale,
-              "emotion": controls.emotion_scale}
     prev_motion = prev_audio = None
     windows = []
     for w in range(features.shape[0]):
         audio = features[w : w + 1]
-        if denoiser_factory is not None:
-            x0_fn = denoiser_factory(w, audio, prev_motion, prev_audio)
-        else:
-            x0_fn = GuidedDenoiser(model, audio, prev_motion, prev_audio, conditions or {}, scales)
-        if controls.sampler == "ddpm":
-            z = torch.randn(max(schedule.T - 1, 0), *x_T.shape, generator=ddpm_gen).to(device)
-            motion = sample_ddpm(x0_fn, x_T, schedule, noise=z)
-        else:
-            motion = sample(x0_fn, x_T, schedule, method=controls.sampler, steps=controls.steps)
+        x0_fn = denoiser_factory(w, audio, prev_motion, prev_audio) if denoiser_factory is not None else None
+        motion = sample_window(model, audio, prev_motion, prev_audio, controls, x_T, conditions=conditions,
+                               x0_fn=x0_fn, ddpm_generator=ddpm_gen, schedule=schedule)
         windows.append(motion[0])
         prev_motion, prev_audio = motion[:, -cfg.n_prev_motions :], audio[:, -cfg.n_prev_motions :]
         if progress is not None:

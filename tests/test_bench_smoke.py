@@ -1,0 +1,127 @@
+"""`vasa-engine bench` in its smoke mode: it runs, and its report carries every figure (measured or with a reason).
+
+Speed is never asserted: the smoke mode's sizes are the smallest and every figure is timed once.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vasa_engine import bench
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "vasa_engine.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    json_path, md_path, png_path = out / "smoke.json", out / "smoke.md", out / "smoke.png"
+    # In a separate process: torch.compile's settings stay out of the rest of the suite.
+    proc = run_cli("bench", "--mode", "smoke", "--device", "cpu", "--json", str(json_path), "--markdown",
+                   str(md_path), "--plot", str(png_path))
+    return proc, json_path, md_path, png_path
+
+
+def test_smoke_writes_json_and_markdown(smoke_run):
+    proc, json_path, md_path, _ = smoke_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json_path.is_file() and md_path.is_file()
+    markdown = md_path.read_text()
+    assert "| figure | eager fp32 | eager bf16 | torch.compile | engine |" in markdown
+    assert markdown.strip() in proc.stdout  # the table is printed last
+    assert not list(json_path.parent.glob(".*"))  # no temporary file left behind
+
+
+def test_smoke_report_carries_every_figure(smoke_run):
+    proc, json_path, _, _ = smoke_run
+    report = json.loads(json_path.read_text())
+    assert bench.validate_report(report) == []
+    assert report["schema"] == bench.SCHEMA and report["mode"] == "smoke"
+    assert report["device"]["type"] == "cpu" and report["device"]["name"]
+    assert report["versions"]["torch"] and "triton" in report["versions"]
+    assert report["commit"]
+    assert report["command"].startswith("vasa-engine bench --mode smoke")
+    assert set(report["settings"]["dtypes"]) == set(bench.IMPLEMENTATIONS)
+    assert report["settings"]["batches"] == [1, 2] and report["settings"]["steps"] == [1, 5, 10]
+    figures = report["figures"]
+    for impl in bench.IMPLEMENTATIONS:
+        for group in (figures["audio_encoder"], figures["renderer_batch_1"], figures["renderer_best_batch"],
+                      figures["end_to_end"], figures["streaming"], *figures["motion_generator"].values()):
+            fig = group[impl]
+            assert fig["measured"] in (True, False)
+            if not fig["measured"]:
+                assert fig["reason"].strip()
+    # The float32 paths run on every CPU: they are measured, with counted work and ratios.
+    for impl in ("eager fp32", "engine"):
+        for fig in (figures["audio_encoder"][impl], figures["motion_generator"]["10"][impl],
+                    figures["renderer_batch_1"][impl], figures["end_to_end"][impl]):
+            assert fig["measured"], fig
+            assert fig["ms"]["min"] <= fig["ms"]["median"] <= fig["ms"]["p80"]
+            assert fig["flops_per_unit"] > 0 and fig["bytes_per_unit"] > 0
+            assert "vs eager fp32" in fig["speedup"] or impl == "eager fp32"
+    assert figures["end_to_end"]["engine"]["fps"] > 0
+    assert report["engine_note"] == bench.ENGINE_ON_CPU
+    assert report["sizes"]["reduced"] is True
+
+
+def test_smoke_plot(smoke_run):
+    _, json_path, _, png_path = smoke_run
+    report = json.loads(json_path.read_text())
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert report["plot"]["measured"] is False and "matplotlib" in report["plot"]["reason"]
+        assert not png_path.exists()
+        return
+    assert report["plot"] == str(png_path)
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_report_flags_a_figure_without_reason():
+    report = {"figures": {"audio_encoder": {"engine": {"measured": False}}}}
+    problems = bench.validate_report(report)
+    assert "audio_encoder.engine: not measured and no reason" in problems
+    assert any(p.startswith("missing commit") for p in problems)
+    assert any(p == "renderer_batch_1.engine: missing" for p in problems)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--mode", "gpu", "--device", "cpu"], "needs a CUDA device"),
+    (["--steps", "3", "--device", "cpu"], "--steps must be among 1, 5, 10"),
+    (["--json", "/nonexistent-folder/x.json", "--device", "cpu"], "output folder does not exist"),
+    (["--dtype", "float16", "--device", "cpu"], "float16 is not supported on the CPU"),
+])
+def test_bad_options_are_one_line_errors(args, words):
+    proc = run_cli("bench", *args, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr
+
+
+def test_stats_and_default_names():
+    stats = bench.summarize([3.0, 1.0, 2.0, 4.0, 5.0])
+    assert stats == {"min": 1.0, "median": 3.0, "p80": 4.2}
+    import torch
+
+    assert bench.default_stem(torch.device("cpu"), "cpu", "2026-01-02") == "cpu-2026-01-02"
+    assert bench.default_stem(torch.device("cpu"), "smoke", "2026-01-02") == "cpu-smoke-2026-01-02"
+
+
+@pytest.mark.slow
+def test_stage_benchmarks_run_in_smoke_mode():
+    """pytest-benchmark's stage benchmarks, each body once and untimed (--benchmark-disable), at smoke sizes."""
+    env = {**os.environ, "VASA_BENCH_MODE": "smoke"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benches/test_bench_stages.py", "--benchmark-disable",
+                           "-q", "-p", "no:cacheprovider", "-k", "engine"], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout

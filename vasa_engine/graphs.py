@@ -1,0 +1,94 @@
+"""CUDA graphs: capture a fixed-shape call once, replay it with new inputs copied into static buffers.
+
+A captured call replays every kernel of the original call with one launch, which is what the per-frame renderer
+and the sampler loop need (both are many small kernels). Outputs live in static buffers that the next replay
+overwrites: callers copy what they keep. Capture is attempted only on CUDA; if it fails (an operation that
+cannot be captured, not enough memory), the failure is logged once with its reason and the call runs eagerly
+from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+log = logging.getLogger("vasa_engine")
+
+Tensors = Sequence[torch.Tensor]
+
+
+def _as_tuple(out) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+class CapturedCall:
+    """`fn(*inputs) -> tensor or tuple of tensors`, captured for inputs shaped like `example`.
+
+    Warm-up runs on a side stream first (library autotuning and Triton compilation must not happen inside the
+    capture), then one capture into a private memory pool.
+    """
+
+    def __init__(self, fn: Callable, example: Tensors, warmup: int = 2, pool=None):
+        self.fn = fn
+        self.static_inputs = [t.detach().clone() for t in example]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(warmup):
+                fn(*self.static_inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph, pool=pool):
+            out = fn(*self.static_inputs)
+        self.tuple_out = isinstance(out, tuple)
+        self.static_outputs = _as_tuple(out)
+
+    @property
+    def pool(self):
+        return self.graph.pool()
+
+    def __call__(self, *inputs: torch.Tensor):
+        if len(inputs) != len(self.static_inputs):
+            raise ValueError(f"captured call takes {len(self.static_inputs)} inputs, got {len(inputs)}")
+        for dst, src in zip(self.static_inputs, inputs):
+            if dst.shape != src.shape:
+                raise ValueError(f"captured for shape {tuple(dst.shape)}, got {tuple(src.shape)}")
+            dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.static_outputs if self.tuple_out else self.static_outputs[0]
+
+
+class GraphCache:
+    """Captured calls by key (a batch size, a sampler setting...), with one shared memory pool and an eager
+    fallback: `run(key, fn, inputs)` replays the graph for `key`, capturing it on first use."""
+
+    def __init__(self, name: str, enabled: bool = True):
+        self.name = name
+        self.enabled = enabled
+        self.calls: dict[Hashable, CapturedCall] = {}
+        self.failed: dict[Hashable, str] = {}
+        self._pool = None
+
+    def run(self, key: Hashable, fn: Callable, inputs: Tensors):
+        usable = self.enabled and all(t.is_cuda for t in inputs) and key not in self.failed
+        if not usable:
+            return fn(*inputs)
+        call = self.calls.get(key)
+        if call is None:
+            try:
+                call = CapturedCall(fn, inputs, pool=self._pool)
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly, say why once
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                self.failed[key] = reason
+                log.warning("warning: CUDA graph capture of the %s failed (%s); running it eagerly", self.name, reason)
+                torch.cuda.synchronize()
+                return fn(*inputs)
+            self._pool = call.pool
+            self.calls[key] = call
+        return call(*inputs)
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self._pool = None
