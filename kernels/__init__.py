@@ -20,7 +20,10 @@ def triton_available() -> tuple[bool, str | None]:
 
 
 def _import_kernel_modules() -> list[str]:
-    if not triton_available()[0]:
+    # Run from a source checkout, the repository root can be on sys.path, and then `import kernels` (which other
+    # libraries try, for Hugging Face's package of that name) finds this folder: imported under any name but
+    # vasa_engine.kernels it stays inert, so no kernel is registered twice.
+    if __name__ != "vasa_engine.kernels" or not triton_available()[0]:
         return []
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
     for name in names:

@@ -10,6 +10,9 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# A developer's download cache must not change what the tests see (the CLI uses it when no --weights is given).
+os.environ["VASA_ENGINE_CACHE"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vasa-engine-test-cache-{os.getpid()}")
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 

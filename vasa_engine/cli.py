@@ -57,13 +57,42 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="seed of the random weights (where no weights are given) and of the start noise")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (Triton kernels on CUDA), reference (PyTorch everywhere) or kernels; default auto")
+    add_cache_option(p)
+
+
+def add_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="weights cache whose converted weights and face models are used when no --weights is given "
+                        "(default: $VASA_ENGINE_CACHE, else ~/.cache/vasa-engine; `vasa-engine download` fills it)")
+
+
+def add_face_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("portrait")
+    g.add_argument("--no-align", action="store_true",
+                   help="centre-crop the portrait instead of detecting and aligning the face")
+    g.add_argument("--face-models", metavar="DIR",
+                   help="folder of the face detector and landmark models (default: the download cache's)")
+    g.add_argument("--paste-back", action="store_true",
+                   help="write the video at the photo's size, the animated face blended back into it")
 
 
 def engine_from_args(args):
     from .engine import Engine
+    from .hub import faces_folder, weights_for_engine
 
-    return Engine(args.weights, device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
-                  backend=args.backend)
+    weights, note = weights_for_engine(args.weights, args.cache_dir)
+    if note:
+        print(note, file=sys.stderr)
+    face_models = getattr(args, "face_models", None) or faces_folder(args.cache_dir)
+    return Engine(weights, device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
+                  backend=args.backend, face_models=face_models)
+
+
+def portrait_line(avatar) -> str:
+    a = avatar.alignment
+    if a is None or a.method == "center":
+        return "portrait: centre-cropped (no face models: `vasa-engine download` fetches them; --no-align skips)"
+    return f"portrait: face {'from the given landmarks' if a.method == 'landmarks' else 'detected'} and aligned"
 
 
 def _weights_label(engine) -> str:
@@ -109,13 +138,14 @@ def _render_scripted(args, image) -> int:
             print(f"on the CPU this renders {CPU_SCRIPTED_FRAMES} frames (about 10 s each at full size); "
                   "--frames sets the count", file=sys.stderr)
         t0 = time.perf_counter()
-        avatar = engine.prepare(pixels)
+        avatar = engine.prepare(pixels, align=not args.no_align)
         t_prepare = time.perf_counter() - t0
         motion = scripted_motion(avatar, frames, fps=args.fps)
         t0 = time.perf_counter()
-        done = write_frames(writer, engine.render_batches(avatar, motion), frames)
+        done = write_frames(writer, engine.render_batches(avatar, motion, paste_back=args.paste_back), frames)
         t_render = time.perf_counter() - t0
     print(f"rendered {done} frames ({done / args.fps:.2f} s of video at {args.fps:g} fps) to {out}")
+    print(portrait_line(avatar))
     print(device_line(engine))
     print(f"prepare: {t_prepare * 1000:.0f} ms; render: {t_render / done * 1000:.1f} ms per frame "
           f"({done / t_render:.2f} fps, encoding included)")
@@ -150,9 +180,10 @@ def _generate(args, image, audio, cpu_frames: int | None = None) -> int:
     pixels = load_image(image)
     samples = load_audio(audio, max_seconds=args.max_audio_seconds)
     engine = engine_from_args(args)
+    engine.check_controls(controls)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    avatar = engine.prepare(pixels)
+    avatar = engine.prepare(pixels, align=not args.no_align)
     timings["prepare portrait"] = time.perf_counter() - t0
     motion = engine.generate_motion(avatar, samples, controls, sample_rate=SAMPLE_RATE, max_seconds=None,
                                     timings=timings)
@@ -170,11 +201,13 @@ def _generate(args, image, audio, cpu_frames: int | None = None) -> int:
     watermark = Watermark() if args.watermark else None
     t0 = time.perf_counter()
     with VideoWriter(out, audio=(clip, SAMPLE_RATE)) as writer:
-        done = write_frames(writer, engine.generate_batches(avatar, motion, controls), n, watermark)
+        done = write_frames(writer, engine.generate_batches(avatar, motion, controls, paste_back=args.paste_back), n,
+                            watermark)
     timings["renderer + encoding"] = time.perf_counter() - t0
     total = time.perf_counter() - t_start
     print(f"generated {done} frames ({done / 25:.2f} s of video at 25 fps, from {len(samples) / SAMPLE_RATE:.2f} s of "
           f"audio) to {out}")
+    print(portrait_line(avatar))
     print(device_line(engine) + f", sampler: {controls.sampler}, steps: "
           f"{engine.motion_stack.generator.cfg.n_diff_steps if controls.sampler == 'ddpm' else controls.steps}")
     stages = "; ".join(f"{name}: {sec * 1000:.0f} ms" for name, sec in timings.items())
@@ -233,6 +266,13 @@ def cmd_info(args) -> int:
     print(f"default device: {device_name(device)}, dtype {str(resolve_dtype('auto', device)).replace('torch.', '')}")
     for stage, backend in stage_backends(device).items():
         print(f"  {stage}: {backend}")
+    from .faces import FaceAligner
+    from .hub import cache_report_lines, faces_folder
+
+    for line in cache_report_lines(args.cache_dir):
+        print(line)
+    aligner = FaceAligner.from_folder(faces_folder(args.cache_dir))
+    print(f"face alignment: {aligner.fallback_reason or 'models ' + ', '.join(map(str, aligner.model_paths.values()))}")
     return 0
 
 
@@ -308,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vasa-engine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("info", help="what this install has: extension, CUDA device, Triton, backends")
+    p = sub.add_parser("info", help="what this install has: extension, CUDA device, Triton, backends, weights")
+    add_cache_option(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="speech + portrait -> talking-face MP4 (audio muxed in)")
@@ -316,12 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", required=True, help="speech: WAV, FLAC, MP3, M4A/AAC or OGG, any rate and channels")
     p.add_argument("-o", "--output", required=True, help="output MP4 path")
     add_generation_options(p)
+    add_face_options(p)
     add_engine_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="generate on the bundled portrait and speech (the first second on a CPU)")
     p.add_argument("-o", "--output", default="demo.mp4", help="output MP4 path (default: demo.mp4)")
     add_generation_options(p)
+    add_face_options(p)
     add_engine_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -331,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=positive_int,
                    help=f"frames (default: {GPU_SCRIPTED_FRAMES} on CUDA, {CPU_SCRIPTED_FRAMES} on the CPU)")
     p.add_argument("--fps", type=float_in(1, 120), default=25.0, help="video frame rate (default: 25)")
+    add_face_options(p)
     add_engine_options(p)
     p.set_defaults(func=cmd_render)
 

@@ -86,7 +86,7 @@ def convert_liveportrait(folder: str | os.PathLike, out_path: str | os.PathLike,
 
 # ------------------------------------------------------------------------------------------------- JoyVASA
 
-JOYVASA_LICENCE = "see jdh-algo/JoyVASA"
+JOYVASA_LICENCE = "MIT (jdh-algo/JoyVASA)"
 TEMPLATE_KEYS = ("mean_exp", "std_exp") + tuple(f"{s}_{k}" for s in ("min", "max")
                                                 for k in ("scale", "t", "pitch", "yaw", "roll"))
 AUDIO_PREFIXES = ("audio_encoder.", "audio_feature_map.")

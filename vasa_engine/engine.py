@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, fields
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,6 +105,8 @@ class Avatar:
     source: SourceState
     eye_ratio: torch.Tensor  # (1, 2) source left and right eye openness
     lip_ratio: torch.Tensor  # (1, 1) source mouth openness
+    photo: np.ndarray | None = None  # the original photo, uint8 (H, W, 3), for paste-back
+    alignment: Any = None  # vasa_engine.faces.Alignment: the crop and its affine back into the photo
 
     def rest_motion(self, n: int = 1) -> Motion:
         """The portrait's own pose, expression, translation and scale, repeated n times."""
@@ -117,7 +119,8 @@ class Engine:
     """One portrait and speech (or driving motion) in, 512x512 frames out.
 
     backend: "auto" (Triton kernels on CUDA), "reference" (PyTorch everywhere) or "kernels" (see vasa_engine.backend);
-    it applies to this engine's calls only.
+    it applies to this engine's calls only. face_models: the folder of the face detector and landmark models
+    (`vasa-engine download` fetches them); without it portraits are centre-cropped.
 
     weights: an engine weights file (.safetensors with its .json), a list of them (their components are
     merged: e.g. a converted LivePortrait renderer and a converted JoyVASA motion generator), or None. A
@@ -130,8 +133,10 @@ class Engine:
     def __init__(self, weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "auto",
                  dtype: str = "auto", *, seed: int = 0, config: RendererConfig | None = None,
                  motion_config: MotionGeneratorConfig | None = None, audio_config=None,
-                 batch_size: int | None = None, backend: str = "auto"):
+                 batch_size: int | None = None, backend: str = "auto", face_models: str | os.PathLike | None = None):
         self.backend = check_backend(backend)
+        self.face_models = face_models  # folder of the face detector and landmark models (vasa_engine.faces)
+        self._face_aligner = None
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.seed = seed
@@ -266,33 +271,50 @@ class Engine:
     def output_size(self) -> int:
         return self.config.output_size
 
-    @torch.no_grad()
-    def prepare(self, image, landmarks: np.ndarray | None = None) -> Avatar:
-        """Portrait (path, PIL image or array) -> Avatar. Until face alignment exists, the image is centre-cropped
-        to a square and resized. landmarks: optional (203, 2) points in the pixels of that square crop, used for
-        the source eye and lip openness of the retargeting MLPs (defaults: open eyes, closed mouth)."""
-        from .io.image import center_square, load_image, resize, to_tensor
+    @property
+    def face_aligner(self):
+        """Face detection and alignment (vasa_engine.faces) with the models in `face_models`, or the centre-crop
+        fallback when there are none (its `fallback_reason` says why)."""
+        if self._face_aligner is None:
+            from .faces import FaceAligner
 
-        square = center_square(load_image(image))
-        side = square.shape[0]
-        net_image = resize(square, self.config.input_size)
+            self._face_aligner = FaceAligner.from_folder(self.face_models, device=self.device)
+        return self._face_aligner
+
+    @torch.no_grad()
+    def prepare(self, image, landmarks: np.ndarray | None = None, *, align: bool = True) -> Avatar:
+        """Portrait (path, PIL image or array) -> Avatar: the face detected, aligned and cropped as LivePortrait
+        crops it (with the face models; without them, or with align=False, the largest centred square), resized
+        for the networks. landmarks: optional 203, 106 or 5 points in the photo's pixels; they replace the
+        detector, and 203 points also give the source eye and lip openness for the retargeting MLPs (otherwise
+        open eyes and a closed mouth are assumed). The alignment's warnings go to the log."""
+        from .faces import FaceAligner
+        from .io.image import load_image, resize, to_tensor
+
+        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+        photo = load_image(image)
+        aligner = self.face_aligner if align else FaceAligner(device=self.device)
+        alignment = aligner.align(photo, landmarks, name=name)
+        for line in alignment.warnings:
+            # the centre-crop fallback is a mode, not a problem: callers report it (the CLI prints it)
+            (log.info if line == aligner.fallback_reason else log.warning)("warning: %s", line)
+        net_image = resize(alignment.crop, self.config.input_size)
         with use_backend(self.backend):
             source = self.renderer.encode_source(to_tensor(net_image).to(self.device))
-        if landmarks is not None:
-            lm = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
-            if lm.shape != (203, 2):
-                raise InputError(f"landmarks have shape {tuple(lm.shape)}, expected (203, 2)")
-            lm = lm[None] * (self.config.input_size / side)
-            eye, lip = eye_ratios(lm), lip_ratio(lm)
+        if alignment.landmarks203 is not None:
+            lm = torch.as_tensor(np.asarray(alignment.landmarks203, dtype=np.float32))[None]
+            eye, lip = eye_ratios(lm), lip_ratio(lm)  # ratios of distances: the crop's scale does not matter
         else:
             eye = torch.full((1, 2), DEFAULT_SOURCE_EYE_RATIO)
             lip = torch.full((1, 1), DEFAULT_SOURCE_LIP_RATIO)
-        return Avatar(net_image, source, eye.to(self.device), lip.to(self.device))
+        return Avatar(net_image, source, eye.to(self.device), lip.to(self.device), photo=photo, alignment=alignment)
 
     @torch.no_grad()
     def render_batches(self, avatar: Avatar, motion: Motion, batch_size: int | None = None, *,
-                       stitching: bool = True, driving_multiplier: float = 1.0) -> Iterator[np.ndarray]:
-        """Yield uint8 (n, S, S, 3) frames batch by batch, so long clips never sit in memory at once."""
+                       stitching: bool = True, driving_multiplier: float = 1.0,
+                       paste_back: bool = False) -> Iterator[np.ndarray]:
+        """Yield uint8 (n, S, S, 3) frames batch by batch, so long clips never sit in memory at once. paste_back:
+        frames at the photo's size (cut to even sides, as H.264 needs), the animated face blended back in."""
         if not isinstance(motion, Motion):
             raise InputError(f"motion must be a vasa_engine.Motion, got {type(motion).__name__}")
         k = self.config.motion_extractor.num_kp
@@ -310,7 +332,17 @@ class Engine:
                 image = self.renderer.warp_decode(src.feature_3d, src.x_s, x_d)
             # As the reference: clip to [0, 1], scale to 255 and truncate.
             frames = (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+            if paste_back:
+                frames = self._paste_back(avatar, frames)
             yield frames.cpu().numpy()
+
+    def _paste_back(self, avatar: Avatar, frames: torch.Tensor) -> torch.Tensor:
+        from .faces import paste_back
+
+        if avatar.photo is None or avatar.alignment is None:
+            raise InputError("paste-back needs an avatar prepared from a photo (Engine.prepare)")
+        out = paste_back(avatar.photo, frames, avatar.alignment, device=self.device)
+        return out[:, : out.shape[1] // 2 * 2, : out.shape[2] // 2 * 2]
 
     def render(self, avatar: Avatar, motion: Motion, batch_size: int | None = None, **options) -> np.ndarray:
         """Motion of N frames -> uint8 frames (N, S, S, 3), S = 512 at the default config."""
@@ -319,6 +351,13 @@ class Engine:
         return np.concatenate(batches) if batches else np.zeros((0, s, s, 3), np.uint8)
 
     # ----------------------------------------------------------------------------------------- speech to video
+
+    def check_controls(self, controls: Controls) -> None:
+        """Refuse, with one line, controls the loaded motion generator cannot honour (before any work)."""
+        from .generation import check_controls
+
+        cfg = self.motion_stack.generator.cfg
+        check_controls(controls, cfg, cfg.emotion_dim)
 
     @torch.no_grad()
     def generate_motion(self, avatar: Avatar, audio, controls: Controls | None = None, *,
@@ -330,13 +369,13 @@ class Engine:
         timings, when given, receives seconds spent per stage ("audio encoder", "motion generator").
         """
         from .audio_features import clip_windows
-        from .generation import LEAD_IN_FRAMES, check_controls, generate_windows, output_frames, relative_driving
+        from .generation import LEAD_IN_FRAMES, generate_windows, model_conditions, output_frames, relative_driving
         from .io.audio import load_audio
 
         controls = controls or Controls()
         stack = self.motion_stack
         cfg = stack.generator.cfg
-        check_controls(controls, cfg, cfg.emotion_dim)
+        self.check_controls(controls)
         samples = torch.from_numpy(load_audio(audio, sample_rate, max_seconds=max_seconds))
         timings = {} if timings is None else timings
 
@@ -349,13 +388,7 @@ class Engine:
         timings["audio encoder"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        conditions = {}
-        if controls.gaze is not None:
-            conditions["gaze"] = torch.tensor([list(controls.gaze)], dtype=torch.float32, device=self.device)
-        if controls.distance is not None and cfg.distance:
-            conditions["distance"] = torch.tensor([[controls.distance]], dtype=torch.float32, device=self.device)
-        if controls.emotion is not None:
-            conditions["emotion"] = torch.tensor([list(controls.emotion)], dtype=torch.float32, device=self.device)
+        conditions = model_conditions(controls, cfg, self.device)
         with use_backend(self.backend):
             motion = generate_windows(stack.generator, features, controls, conditions, progress=progress)
         motion = motion[:clip_frames]
@@ -374,17 +407,18 @@ class Engine:
                       roll=d["roll"] + controls.head_roll, exp=d["exp"], t=d["t"], scale=scale, eye=eye, lip=lip)
 
     def generate_batches(self, avatar: Avatar, motion: Motion, controls: Controls | None = None,
-                         batch_size: int | None = None) -> Iterator[np.ndarray]:
+                         batch_size: int | None = None, paste_back: bool = False) -> Iterator[np.ndarray]:
         """Render generated motion batch by batch with the controls' renderer settings."""
         controls = controls or Controls()
         return self.render_batches(avatar, motion, batch_size, stitching=controls.stitching,
-                                   driving_multiplier=controls.driving_multiplier)
+                                   driving_multiplier=controls.driving_multiplier, paste_back=paste_back)
 
     def generate(self, avatar: Avatar, audio, controls: Controls | None = None, *, sample_rate: int | None = None,
-                 max_seconds: float | None = DEFAULT_MAX_SECONDS) -> np.ndarray:
-        """Speech -> uint8 frames (N, S, S, 3) at 25 fps, N = the audio's duration in frames."""
+                 max_seconds: float | None = DEFAULT_MAX_SECONDS, paste_back: bool = False) -> np.ndarray:
+        """Speech -> uint8 frames (N, S, S, 3) at 25 fps, N = the audio's duration in frames (the photo's size with
+        paste_back)."""
         motion = self.generate_motion(avatar, audio, controls, sample_rate=sample_rate, max_seconds=max_seconds)
-        batches = list(self.generate_batches(avatar, motion, controls))
+        batches = list(self.generate_batches(avatar, motion, controls, paste_back=paste_back))
         return np.concatenate(batches)
 
     def stream(self, avatar: Avatar, controls: Controls | None = None, **settings):

@@ -25,7 +25,7 @@ from .errors import CheckpointError, InputError
 FORMAT = "vasa-engine-weights"
 FORMAT_VERSION = 1
 RANDOM_WEIGHTS_WARNING = ("no weights given: using seeded random weights, so the output will not look like a face "
-                          "(convert LivePortrait's checkpoints with `vasa-engine convert` and pass --weights)")
+                          "(run `vasa-engine download`, or convert checkpoints with `vasa-engine convert` and pass --weights)")
 
 
 def config_path(weights_path: str | os.PathLike) -> Path:
