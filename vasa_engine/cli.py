@@ -240,7 +240,7 @@ def cmd_info(args) -> int:
     import torch
 
     from . import native
-    from .runtime import device_name, resolve_device, resolve_dtype, stage_backends
+    from .runtime import cuda_settings, device_name, resolve_device, resolve_dtype, stage_backends
 
     print(f"vasa-engine {__version__}")
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}")
@@ -266,6 +266,7 @@ def cmd_info(args) -> int:
     print(f"default device: {device_name(device)}, dtype {str(resolve_dtype('auto', device)).replace('torch.', '')}")
     for stage, backend in stage_backends(device).items():
         print(f"  {stage}: {backend}")
+    print(f"engine settings: {'; '.join(cuda_settings(device))}")
     from .faces import FaceAligner
     from .hub import cache_report_lines, faces_folder
 

@@ -19,8 +19,9 @@ from .models.keypoints import eye_ratios, lip_ratio
 from .models.motion_generator import MotionGeneratorConfig
 from .models.renderer import FaceRenderer, SourceState
 from .backend import check as check_backend
+from .graphs import GraphCache
 from .backend import use as use_backend
-from .runtime import device_name, resolve_device, resolve_dtype
+from .runtime import device_name, resolve_device, resolve_dtype, to_channels_last
 from .weights import RANDOM_WEIGHTS_WARNING, component_state, load_state_checked, load_weights, save_weights, seeded
 
 log = logging.getLogger("vasa_engine")
@@ -119,7 +120,9 @@ class Engine:
     """One portrait and speech (or driving motion) in, 512x512 frames out.
 
     backend: "auto" (Triton kernels on CUDA), "reference" (PyTorch everywhere) or "kernels" (see vasa_engine.backend);
-    it applies to this engine's calls only. face_models: the folder of the face detector and landmark models
+    it applies to this engine's calls only. cuda_graphs: on CUDA, capture the renderer's per-frame path (per batch
+    size) and each window's whole sampler loop in CUDA graphs and replay them (eager elsewhere, and after a failed
+    capture, whose reason is logged). face_models: the folder of the face detector and landmark models
     (`vasa-engine download` fetches them); without it portraits are centre-cropped.
 
     weights: an engine weights file (.safetensors with its .json), a list of them (their components are
@@ -133,7 +136,8 @@ class Engine:
     def __init__(self, weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "auto",
                  dtype: str = "auto", *, seed: int = 0, config: RendererConfig | None = None,
                  motion_config: MotionGeneratorConfig | None = None, audio_config=None,
-                 batch_size: int | None = None, backend: str = "auto", face_models: str | os.PathLike | None = None):
+                 batch_size: int | None = None, backend: str = "auto", face_models: str | os.PathLike | None = None,
+                 cuda_graphs: bool = True):
         self.backend = check_backend(backend)
         self.face_models = face_models  # folder of the face detector and landmark models (vasa_engine.faces)
         self._face_aligner = None
@@ -170,7 +174,15 @@ class Engine:
             self.random_components.append("renderer")
             log.warning("warning: %s", RANDOM_WEIGHTS_WARNING)
         self.renderer.eval().to(self.device).set_image_dtype(self.dtype)
+        if self.device.type == "cuda":
+            to_channels_last(self.renderer)
+            torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick its algorithms
         self.batch_size = batch_size or (8 if self.device.type == "cuda" else 1)
+        use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.sampler_graphs = GraphCache("sampler loop", enabled=use_graphs)
+        self.render_graphs = GraphCache("renderer", enabled=use_graphs)
+        self._graph_source: dict[str, torch.Tensor] | None = None  # the avatar the renderer graphs read
+        self._graph_avatar = None
         self._motion_config = motion_config
         self._audio_config = audio_config  # AudioEncoderConfig for random weights (default: HuBERT base)
         self._motion_stack: MotionStack | None = None
@@ -324,17 +336,47 @@ class Engine:
         src = avatar.source
         for start in range(0, len(motion), step):
             m = motion[start : start + step].to(self.device)
-            with use_backend(self.backend):
-                x_d = self.renderer.driving_keypoints(
-                    src, m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale, eye_ratio=m.eye, lip_ratio=m.lip,
-                    source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio, stitching=stitching,
-                    driving_multiplier=driving_multiplier)
-                image = self.renderer.warp_decode(src.feature_3d, src.x_s, x_d)
-            # As the reference: clip to [0, 1], scale to 255 and truncate.
-            frames = (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+            inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale] + [v for v in (m.eye, m.lip) if v is not None]
+            source = self._render_source(avatar)
+            key = (len(m), stitching, driving_multiplier, m.eye is not None, m.lip is not None)
+
+            def frame_fn(pitch, yaw, roll, exp, t, scale, *ratios, eye=m.eye is not None, lip=m.lip is not None):
+                ratios = list(ratios)
+                eye_ratio = ratios.pop(0) if eye else None
+                lip_ratio = ratios.pop(0) if lip else None
+                with use_backend(self.backend):
+                    x_d = self.renderer.driving_keypoints(
+                        source["state"], pitch, yaw, roll, exp, t, scale, eye_ratio=eye_ratio, lip_ratio=lip_ratio,
+                        source_eye_ratio=source["eye"], source_lip_ratio=source["lip"], stitching=stitching,
+                        driving_multiplier=driving_multiplier)
+                    image = self.renderer.warp_decode(source["state"].feature_3d, source["state"].x_s, x_d)
+                # As the reference: clip to [0, 1], scale to 255 and truncate.
+                return (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+            frames = self.render_graphs.run(key, frame_fn, inputs)
             if paste_back:
                 frames = self._paste_back(avatar, frames)
             yield frames.cpu().numpy()
+
+    def _render_source(self, avatar: Avatar) -> dict:
+        """The avatar's tensors the per-frame path reads. With CUDA graphs they are copied into buffers of fixed
+        address that every captured renderer graph reads, once per change of avatar; otherwise they are the
+        avatar's own."""
+        own = {"state": avatar.source, "eye": avatar.eye_ratio, "lip": avatar.lip_ratio}
+        if not self.render_graphs.enabled:
+            return own
+        if self._graph_source is None:
+            self._graph_source = {"state": SourceState(**{f.name: getattr(avatar.source, f.name).clone()
+                                                           for f in fields(avatar.source)}),
+                                  "eye": avatar.eye_ratio.clone(), "lip": avatar.lip_ratio.clone()}
+        elif self._graph_avatar is not avatar:
+            static = self._graph_source
+            for f in fields(avatar.source):
+                getattr(static["state"], f.name).copy_(getattr(avatar.source, f.name))
+            static["eye"].copy_(avatar.eye_ratio)
+            static["lip"].copy_(avatar.lip_ratio)
+        self._graph_avatar = avatar
+        return self._graph_source
 
     def _paste_back(self, avatar: Avatar, frames: torch.Tensor) -> torch.Tensor:
         from .faces import paste_back
@@ -390,7 +432,8 @@ class Engine:
         t0 = time.perf_counter()
         conditions = model_conditions(controls, cfg, self.device)
         with use_backend(self.backend):
-            motion = generate_windows(stack.generator, features, controls, conditions, progress=progress)
+            motion = generate_windows(stack.generator, features, controls, conditions, progress=progress,
+                                      graphs=self.sampler_graphs)
         motion = motion[:clip_frames]
         self._sync()
         timings["motion generator"] = time.perf_counter() - t0

@@ -159,19 +159,27 @@ class GuidedDenoiser:
             if any(v is not None for v in values):
                 ref = next(v for v in values if v is not None)
                 # rows of branches that drop the condition get a zero value and a False presence flag
-                self.conds[c] = (torch.cat([v if v is not None else torch.zeros_like(ref) for v in values]),
-                                 torch.tensor([v is not None for v in values], device=ref.device).repeat_interleave(n))
+                # built with device fills (no host copy), so the denoiser can be made inside a CUDA-graph capture
+                present = torch.zeros(nb * n, dtype=torch.bool, device=ref.device)
+                for b, v in enumerate(values):
+                    if v is not None:
+                        present[b * n : (b + 1) * n] = True
+                self.conds[c] = (torch.cat([v if v is not None else torch.zeros_like(ref) for v in values]), present)
         self.n_prev = prev_motion.shape[1]
+        self.step_scales = [] if self.single else self.scales  # weights of b_k - b_{k-1}, k = 1 .. nb - 1
 
-    def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    def branch_outputs(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """(nb, *x_t.shape) x0 predictions of every branch, one batched forward, in the model's dtype. The fused
+        sampler step (vasa_engine.native.sampler_step) combines them with `step_scales` and updates x_t."""
         x = x_t.to(self.audio.dtype).repeat(self.nb, 1, 1)
         step = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = self.net(x, self.audio, self.prev_motion, self.prev_audio, step, conditions=self.conds)
-        out = out[:, self.n_prev :].float().view(self.nb, self.n, *x_t.shape[1:])
-        if self.single:
-            return out[0]
+        return out[:, self.n_prev :].reshape(self.nb, *x_t.shape)
+
+    def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        out = self.branch_outputs(x_t, t).float()
         x0 = out[0]
-        for k, s in enumerate(self.scales, start=1):
+        for k, s in enumerate(self.step_scales, start=1):
             x0 = x0 + s * (out[k] - out[k - 1])
         return x0
 
@@ -206,32 +214,44 @@ def start_noise(cfg, seed: int) -> torch.Tensor:
 def sample_window(model: MotionGenerator, audio: torch.Tensor, prev_motion: torch.Tensor | None,
                   prev_audio: torch.Tensor | None, controls: Controls, x_T: torch.Tensor, *,
                   conditions: dict[str, torch.Tensor] | None = None, x0_fn: Callable | None = None,
-                  ddpm_generator: torch.Generator | None = None, schedule=None) -> torch.Tensor:
+                  ddpm_generator: torch.Generator | None = None, schedule=None,
+                  ddpm_noise: torch.Tensor | None = None) -> torch.Tensor:
     """One window: audio features (1, L, d) and the previous frames' motion (1, Lp, M) and audio (1, Lp, d) (None:
     the learned start context) -> normalized motion (1, L, M), sampled from the start noise x_T (1, L, M, fp32).
 
-    x0_fn replaces the guided transformer. The "ddpm" sampler draws its per-step noise from ddpm_generator (CPU).
+    x0_fn replaces the guided transformer. The "ddpm" sampler takes its per-step noise from ddpm_noise (T - 1,
+    1, L, M), else draws it from ddpm_generator (CPU). With a schedule and ddpm_noise given, nothing here copies
+    between host and device, so the call can be captured in a CUDA graph.
     """
     schedule = schedule if schedule is not None else model.diffusion_sched.schedule()
     if x0_fn is None:
         x0_fn = GuidedDenoiser(model, audio, prev_motion, prev_audio, conditions or {}, guidance_scales(controls))
     if controls.sampler == "ddpm":
-        if ddpm_generator is None:
-            ddpm_generator = torch.Generator(device="cpu").manual_seed(controls.seed + 1)
-        z = torch.randn(max(schedule.T - 1, 0), *x_T.shape, generator=ddpm_generator).to(x_T.device)
+        z = ddpm_noise if ddpm_noise is not None else ddpm_window_noise(schedule, x_T, ddpm_generator, controls)
         return sample_ddpm(x0_fn, x_T, schedule, noise=z)
     return sample(x0_fn, x_T, schedule, method=controls.sampler, steps=controls.steps)
+
+
+def ddpm_window_noise(schedule, x_T: torch.Tensor, generator: torch.Generator | None, controls: Controls):
+    """The ancestral sampler's per-step noise for one window (T - 1, *x_T.shape), drawn on the CPU."""
+    if generator is None:
+        generator = torch.Generator(device="cpu").manual_seed(controls.seed + 1)
+    return torch.randn(max(schedule.T - 1, 0), *x_T.shape, generator=generator).to(x_T.device)
 
 
 def generate_windows(model: MotionGenerator, features: torch.Tensor, controls: Controls,
                      conditions: dict[str, torch.Tensor] | None = None,
                      denoiser_factory: DenoiserFactory | None = None, noise: torch.Tensor | None = None,
-                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                     progress: Callable[[int], None] | None = None, graphs=None) -> torch.Tensor:
     """Audio features of every window (W, L, d) -> normalized motion (W * L, M), windows chained in order.
 
     denoiser_factory(window, audio, prev_motion, prev_audio) -> x0_fn replaces the guided transformer (tests use
     exact predictors of known distributions). noise: the start noise (1, L, M), shared by every window.
+    graphs: a vasa_engine.graphs.GraphCache: on CUDA the whole sampler loop of a window (every step, every
+    guidance branch, the fused step kernel) is captured once and replayed for each window.
     """
+    if graphs is not None and denoiser_factory is None:
+        return _generate_windows_graphed(model, features, controls, conditions or {}, noise, progress, graphs)
     cfg = model.cfg
     device = features.device
     schedule = model.diffusion_sched.schedule()
@@ -246,6 +266,39 @@ def generate_windows(model: MotionGenerator, features: torch.Tensor, controls: C
         x0_fn = denoiser_factory(w, audio, prev_motion, prev_audio) if denoiser_factory is not None else None
         motion = sample_window(model, audio, prev_motion, prev_audio, controls, x_T, conditions=conditions,
                                x0_fn=x0_fn, ddpm_generator=ddpm_gen, schedule=schedule)
+        windows.append(motion[0])
+        prev_motion, prev_audio = motion[:, -cfg.n_prev_motions :], audio[:, -cfg.n_prev_motions :]
+        if progress is not None:
+            progress(w + 1)
+    return torch.cat(windows)
+
+
+def _generate_windows_graphed(model, features, controls, conditions, noise, progress, graphs) -> torch.Tensor:
+    """generate_windows with one captured graph for the sampler loop: the window's audio, context, start noise,
+    condition values and (ddpm) step noise are its inputs; everything else is fixed by the key."""
+    cfg = model.cfg
+    device = features.device
+    schedule = model.diffusion_sched.schedule()  # host floats, computed outside the capture
+    x_T = (noise if noise is not None else start_noise(cfg, controls.seed)).to(device=device, dtype=torch.float32)
+    ddpm_gen = torch.Generator(device="cpu").manual_seed(controls.seed + 1)
+    names = sorted(conditions)
+    key = ("window", controls.sampler, controls.steps, tuple(sorted(guidance_scales(controls).items())), tuple(names),
+           tuple(features.shape[1:]), features.dtype)
+
+    def window(audio, prev_motion, prev_audio, x_t, *rest):
+        conds = dict(zip(names, rest[: len(names)]))
+        z = rest[len(names)] if controls.sampler == "ddpm" else None
+        return sample_window(model, audio, prev_motion, prev_audio, controls, x_t, conditions=conds,
+                             schedule=schedule, ddpm_noise=z)
+
+    prev_motion, prev_audio = model.context(1)
+    windows = []
+    for w in range(features.shape[0]):
+        audio = features[w : w + 1]
+        inputs = [audio, prev_motion.to(audio.dtype), prev_audio.to(audio.dtype), x_T] + [conditions[n] for n in names]
+        if controls.sampler == "ddpm":
+            inputs.append(ddpm_window_noise(schedule, x_T, ddpm_gen, controls))
+        motion = graphs.run(key, window, inputs).clone()  # the graph's output buffer is reused by the next replay
         windows.append(motion[0])
         prev_motion, prev_audio = motion[:, -cfg.n_prev_motions :], audio[:, -cfg.n_prev_motions :]
         if progress is not None:

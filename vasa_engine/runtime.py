@@ -42,6 +42,27 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return resolved
 
 
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """Convolution weights in channels-last layout (NHWC for 2-D, NDHWC for 3-D), which cuDNN and the engine's
+    kernels read fastest; other parameters are left as they are."""
+    for p in module.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+        elif p.dim() == 5:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
+def cuda_settings(device: torch.device, choice: str = "auto") -> list[str]:
+    """What an engine on `device` turns on (for `vasa-engine info`)."""
+    if device.type != "cuda":
+        return ["CPU: float32, PyTorch reference, no CUDA graphs"]
+    return [f"dtype {str(resolve_dtype('auto', device)).replace('torch.', '')}", "channels-last convolution weights",
+            "cuDNN autotuning (torch.backends.cudnn.benchmark)", f"backend {choice} (Triton kernels on CUDA)",
+            "CUDA graphs for the renderer (per batch size) and each window's sampler loop",
+            "fused sampler step (native CUDA kernel)"]
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -70,6 +91,7 @@ def stage_backends(device: torch.device, choice: str = "auto") -> dict[str, str]
         got = [n for n in names if n in kernels]
         out[stage] = f"triton kernels ({', '.join(got)}) + pytorch" if got else "pytorch (reference)"
     out["keypoint transform"] = "native extension" if _native_ok(device) else "pytorch (reference)"
+    out["sampler step"] = "native extension (guidance + update fused)" if _native_ok(device) else "pytorch (reference)"
     return out
 
 

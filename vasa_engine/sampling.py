@@ -375,6 +375,32 @@ def _model(x0_fn: X0Fn, x: torch.Tensor, t: int) -> torch.Tensor:
     return x0.to(x.dtype)
 
 
+def _update(x0_fn: X0Fn, x: torch.Tensor, t: int, a: float, b0: float, b1: float = 0.0, sigma: float = 0.0,
+            z: torch.Tensor | None = None, x0_prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: x0 = x0_fn(x, t), then x_prev = ((a x + b0 x0) + b1 x0_prev) + sigma z (the step functions above).
+
+    When x0_fn exposes the raw guidance branches (`branch_outputs` and `step_scales`, as
+    vasa_engine.generation.GuidedDenoiser does), guidance and update run fused in one pass of the native kernel
+    (vasa_engine.native.sampler_step, the same arithmetic in the same order). Returns (x_prev, x0).
+    """
+    branch_outputs = getattr(x0_fn, "branch_outputs", None)
+    if branch_outputs is not None and x.dtype == torch.float32:
+        from .native import sampler_step
+
+        branches = branch_outputs(x, t)
+        return sampler_step(branches, x0_fn.step_scales, x, x0_prev if b1 != 0.0 else None,
+                            z if sigma != 0.0 else None, a=a, b0=b0, b1=b1, sigma=sigma)
+    x0 = _model(x0_fn, x, t)
+    out = a * x + b0 * x0
+    if b1 != 0.0:
+        if x0_prev is None:
+            raise ValueError("a second-order step needs the previous x0 estimate")
+        out = out + b1 * x0_prev
+    if z is not None and sigma != 0.0:
+        out = out + sigma * z
+    return out, x0
+
+
 def _noise_source(noise: Noise | None, generator: torch.Generator | None, count: int, x: torch.Tensor,
                   what: str) -> Callable[[int], torch.Tensor]:
     """z for the i-th noisy update (i = 0..count-1), from `noise` if given, else drawn from `generator`."""
@@ -417,9 +443,8 @@ def sample_ddpm(x0_fn: X0Fn, x_T: torch.Tensor, schedule: DiffusionSchedule, noi
     z_of = _noise_source(noise, generator, T - 1, x, "ddpm")
     traj = [x] if return_trajectory else None
     for step in ddpm_plan(schedule):
-        x0 = _model(x0_fn, x, step.t)
         z = z_of(T - step.t) if step.t > 1 else None
-        x = ddpm_step(x, x0, step.c0, step.c1, step.sigma, z)
+        x, _ = _update(x0_fn, x, step.t, step.c0, step.c1, sigma=step.sigma, z=z)
         if traj is not None:
             traj.append(x)
     return _finish(x, traj, return_trajectory)
@@ -442,9 +467,8 @@ def sample_ddim(x0_fn: X0Fn, x_T: torch.Tensor, schedule: DiffusionSchedule, ste
     z_of = _noise_source(noise, generator, steps - 1 if eta > 0 else 0, x, "ddim with eta > 0")
     traj = [x] if return_trajectory else None
     for i, step in enumerate(plan):
-        x0 = _model(x0_fn, x, step.t)
         z = z_of(i) if step.sigma > 0 else None
-        x = ddim_step(x, x0, step.a, step.b, step.sigma, z)
+        x, _ = _update(x0_fn, x, step.t, step.a, step.b, sigma=step.sigma, z=z)
         if traj is not None:
             traj.append(x)
     return _finish(x, traj, return_trajectory)
@@ -462,9 +486,7 @@ def sample_dpmpp_2m(x0_fn: X0Fn, x_T: torch.Tensor, schedule: DiffusionSchedule,
     traj = [x] if return_trajectory else None
     x0_prev = None
     for step in plan:
-        x0 = _model(x0_fn, x, step.t)
-        x = dpmpp_2m_step(x, x0, x0_prev, step.a, step.b0, step.b1)
-        x0_prev = x0
+        x, x0_prev = _update(x0_fn, x, step.t, step.a, step.b0, step.b1, x0_prev=x0_prev)
         if traj is not None:
             traj.append(x)
     return _finish(x, traj, return_trajectory)
