@@ -124,3 +124,12 @@ def _assert_clean_failure(res, message, folder):
     assert message in lines[0] and "Traceback" not in res.stderr
     assert not [p for p in folder.rglob("*") if p.suffix in (".mp4", ".part", ".json", ".safetensors")
                 and p.parent == folder]
+
+
+def test_gpu_suite_refuses_without_a_gpu_in_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    res = run("gpu-suite", "--out", tmp_path)
+    _assert_clean_failure(res, "needs a CUDA device", tmp_path)

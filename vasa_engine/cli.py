@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vasa-engine: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): nothing left to say
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
