@@ -26,6 +26,8 @@ NATIVE_SOURCES = [
     "csrc/array_checks.h",
     "csrc/bindings_cpu.cpp",
     "csrc/bindings_cuda.cpp",
+    "csrc/build_info.h",
+    "csrc/host_device.h",
     "csrc/keypoint_math.h",
     "csrc/keypoints_cuda.cu",
     "csrc/keypoints_cuda.h",

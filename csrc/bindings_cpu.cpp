@@ -8,23 +8,11 @@
 #include <vector>
 
 #include "array_checks.h"
+#include "build_info.h"
 #include "keypoint_math.h"
 #include "sampler_math.h"
 
 namespace py = pybind11;
-
-#ifndef VASA_CXX_COMPILER
-#define VASA_CXX_COMPILER "unknown"
-#endif
-#ifndef VASA_CUDA_BUILT
-#define VASA_CUDA_BUILT 0
-#endif
-#ifndef VASA_CUDA_COMPILER
-#define VASA_CUDA_COMPILER ""
-#endif
-#ifndef VASA_CUDA_ARCHS
-#define VASA_CUDA_ARCHS ""
-#endif
 
 namespace {
 

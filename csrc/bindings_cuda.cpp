@@ -6,19 +6,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "build_info.h"
 #include "keypoints_cuda.h"
 #include "sampler_step_cuda.h"
 
 #include <vector>
 
 namespace py = pybind11;
-
-#ifndef VASA_CUDA_COMPILER
-#define VASA_CUDA_COMPILER ""
-#endif
-#ifndef VASA_CUDA_ARCHS
-#define VASA_CUDA_ARCHS ""
-#endif
 
 namespace {
 

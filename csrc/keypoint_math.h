@@ -10,11 +10,7 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define VASA_HD __host__ __device__ __forceinline__
-#else
-#define VASA_HD inline
-#endif
+#include "host_device.h"
 
 namespace vasa {
 

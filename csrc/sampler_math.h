@@ -18,11 +18,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define VASA_HD __host__ __device__ __forceinline__
-#else
-#define VASA_HD inline
-#endif
+#include "host_device.h"
 
 namespace vasa {
 
