@@ -23,8 +23,8 @@ allocates (`metadata.shared`), and the SASS (the nvdisasm Triton ships), where H
 environment, since the interpreter replaces the jitted functions; one of them discovers the kernel modules, their
 registered operations and their specs; then every spec is compiled for every architecture and checked.
 
-This module imports triton only inside functions, and the command loads it by file path (`load_from_file`), so the
-gate still reports when a kernel module fails to import.
+This module imports triton only inside functions, and `vasa-engine kernels` loads it by file path
+(`vasa_engine.commands.kernels.load_aot`), so the gate still reports when a kernel module fails to import.
 """
 
 from __future__ import annotations
@@ -539,23 +539,6 @@ _BOOT = ("import importlib.util, sys\n"
          "s = importlib.util.spec_from_file_location('_vasa_kernel_aot', sys.argv[1])\n"
          "m = importlib.util.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m)\n"
          "sys.exit(m.worker_main(sys.argv[2:]))\n")
-
-
-def load_from_file(path: str | Path | None = None):
-    """This module, loaded from its file without importing the kernel package (which imports every kernel)."""
-    if path is None:
-        spec = importlib.util.find_spec("vasa_engine.kernels")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("vasa_engine.kernels is not installed")
-        path = Path(list(spec.submodule_search_locations)[0]) / "_aot.py"
-    name = "_vasa_kernel_aot"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, str(path))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def compiler_env() -> dict:

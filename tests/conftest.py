@@ -10,6 +10,8 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from helpers import INTERPRET, KERNEL_DEVICES, rel_err  # noqa: E402,F401  (shared with the test modules)
+
 # A developer's download cache must not change what the tests see (the CLI uses it when no --weights is given).
 os.environ["VASA_ENGINE_CACHE"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vasa-engine-test-cache-{os.getpid()}")
 
@@ -32,10 +34,19 @@ def require_parity_dir() -> Path:
     return folder
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref||, in float64; NaN anywhere in out gives NaN (which fails any bound)."""
-    out, ref = out.double(), ref.double()
-    return ((out - ref).norm() / ref.norm()).item()
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty / torch.empty_like give NaN-filled floating tensors: unwritten output elements stay NaN."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +98,19 @@ def tiny_full_weights(tmp_path_factory) -> Path:
     engine.motion_stack
     engine.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_full_weights):
+    """An engine with every component at reduced sizes (seeded random weights), one per test module."""
+    from vasa_engine import Engine
+
+    return Engine(tiny_full_weights, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def avatar(engine, sample_image):
+    return engine.prepare(sample_image)
 
 
 @pytest.fixture(scope="session")

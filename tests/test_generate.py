@@ -13,16 +13,6 @@ from vasa_engine.generation import Controls
 from vasa_engine.io.audio import write_wav
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_full_weights):
-    return Engine(tiny_full_weights, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def avatar(engine, sample_image):
-    return engine.prepare(sample_image)
-
-
 @pytest.mark.parametrize("seconds", [0.05, 1.0, 1.37, 3.0])
 def test_frame_count_follows_the_audio(engine, avatar, seconds):
     samples = np.random.default_rng(0).normal(0, 0.1, int(seconds * 16000)).astype(np.float32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_kernel_attention import DEVICES, INTERPRET, bound, nan_empty, rel_err  # noqa: F401  (a fixture)
+from test_kernel_attention import DEVICES, INTERPRET, bound, rel_err
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
 

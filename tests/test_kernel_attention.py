@@ -6,7 +6,7 @@ no bf16), so bf16 attention is tested on CUDA only; under the interpreter the ke
 reference runs.
 
 Bounds: fp32 relative error <= 1e-5 against fp64; fp16 / bf16: at most twice the error of the PyTorch reference
-computed in that dtype, plus a small floor. Outputs are allocated NaN-filled (see `nan_empty`), so an element
+computed in that dtype, plus a small floor. Outputs are allocated NaN-filled (the `nan_empty` fixture of tests/conftest.py), so an element
 the kernel does not write fails.
 
 The shapes and baselines here are shared with benches/test_bench_attention.py.
@@ -15,23 +15,17 @@ The shapes and baselines here are shared with benches/test_bench_attention.py.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import INTERPRET, KERNEL_DEVICES, rel_err
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
 
 CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-# Where the kernel can run here: CPU tensors in the interpreter, CUDA tensors on a GPU.
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]),
-]
+DEVICES = KERNEL_DEVICES
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # The engine's real shapes (B, H, N, Dh, padded): benches use these.
@@ -42,11 +36,6 @@ ENGINE_SHAPES = {
     "audio_b1": (1, 12, 200, 64, False),  # one 4 s window of HuBERT base
     "audio_b8_padded": (8, 12, 200, 64, True),  # eight windows, the later ones shorter
 }
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def skip_unsupported(device: str, dtype: torch.dtype) -> None:
@@ -63,21 +52,6 @@ def bound(dtype: torch.dtype, ref_in_dtype_err: float, device: str = "cuda") -> 
         return 1e-5
     factor = 4.0 if (dtype == torch.bfloat16 and str(device).startswith("cpu")) else 2.0
     return factor * ref_in_dtype_err + 1e-5
-
-
-@pytest.fixture
-def nan_empty(monkeypatch):
-    """torch.empty / torch.empty_like give NaN-filled floating tensors: unwritten output elements stay NaN."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t):
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
-    yield
 
 
 def qkv(b, h, n_q, n_k, dh, dtype, device, gen, packed=False):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_kernel_attention import DEVICES, INTERPRET, bound, nan_empty, rel_err  # noqa: F401  (a fixture)
+from test_kernel_attention import DEVICES, INTERPRET, bound, rel_err
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
 

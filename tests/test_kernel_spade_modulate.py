@@ -12,23 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import KERNEL_DEVICES, rel_err
 from vasa_engine import backend, ops
 
 sm = pytest.importorskip("vasa_engine.kernels.spade_modulate")
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (NaN anywhere in out fails any bound)."""
-    out, ref = out.double().cpu(), ref.double().cpu()
-    return ((out - ref).norm() / ref.norm()).item()
-
-
 CUDA = torch.cuda.is_available()
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not backend.interpreting(),
-                                                 reason="CPU tensors run the kernel only in Triton's interpreter")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
-]
+DEVICES = KERNEL_DEVICES
 FP32_BOUND = 1e-6
 FLOOR = 1e-6
 # Small launch plans so the interpreter reaches every path at tiny sizes: the split plan with one chunk, and with

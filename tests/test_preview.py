@@ -15,23 +15,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from vasa_engine import Engine
 from vasa_engine.preview import PreviewServer
 
 pytest.importorskip("websockets")
 
 SR = 16000
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_full_weights):
-    return Engine(tiny_full_weights, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def avatar(engine, sample_image):
-    return engine.prepare(sample_image)
 
 
 def chromium_binary() -> str:

@@ -22,16 +22,6 @@ from vasa_engine.streaming import IncrementalDriving, StreamBusy, StreamClosed, 
 SR = 16000
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_full_weights):
-    return Engine(tiny_full_weights, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def avatar(engine, sample_image):
-    return engine.prepare(sample_image)
-
-
 def noise_audio(seconds: float, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 0.1, int(round(seconds * SR))).astype(np.float32)
 

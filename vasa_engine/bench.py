@@ -1348,7 +1348,7 @@ def to_markdown(report: dict) -> str:
 
     comp = report.get("compile", {})
     firsts = comp.get("first_call_seconds")
-    if isinstance(firsts, dict) and firsts and not firsts.get("measured") is False:
+    if isinstance(firsts, dict) and firsts and firsts.get("measured") is not False:
         lines += ["", f"torch.compile ({comp['mode']}, {comp['cache']}), first call of each shape (compile "
                       "included, not in any timed figure): "
                   + "; ".join(f"{k} {v:.1f} s" for k, v in firsts.items())]

@@ -333,7 +333,6 @@ class Engine:
         if motion.exp.shape[1] != k:
             raise InputError(f"motion field exp has {motion.exp.shape[1]} keypoints, the renderer has {k}")
         step = batch_size or self.batch_size
-        src = avatar.source
         for start in range(0, len(motion), step):
             m = motion[start : start + step].to(self.device)
             inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale] + [v for v in (m.eye, m.lip) if v is not None]
