@@ -5,8 +5,7 @@ ops, at the engine's real shapes (tests/test_kernel_layer_norm.py, tests/test_ke
 
 Both are memory-bound: each case records the median time of every implementation (triton.testing.do_bench, 20th
 and 80th percentiles too), the kernel's speed-up, and the achieved bandwidth as bytes the fused kernel must move
-(reads + writes, each tensor once) over time, in percent of the device's HBM peak (see PEAKS in
-test_bench_attention.py).
+(reads + writes, each tensor once) over time, in percent of the device's memory bandwidth (kernel_bench.record).
 """
 
 from __future__ import annotations
@@ -20,38 +19,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_bench_attention import device_peaks, require_cuda, synced, time_ms  # noqa: E402
+from kernel_bench import DTYPES, record, require_cuda  # noqa: E402
 from test_kernel_add_embeddings import ENGINE_SHAPES as EMBEDDING_SHAPES  # noqa: E402
 from test_kernel_add_embeddings import reference_add_embeddings  # noqa: E402
 from test_kernel_layer_norm import ENGINE_SHAPES as NORM_SHAPES  # noqa: E402
 from test_kernel_layer_norm import reference_add_layer_norm, torch_add_layer_norm  # noqa: E402
 from vasa_engine import backend, ops  # noqa: E402
 
-DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
-
-def record(benchmark, calls, impl, nbytes, **info):
-    times = {name: time_ms(fn) for name, fn in calls.items()}
-    name, peaks = device_peaks()
-    peak = None if peaks is None else peaks[2]
-    info.update(device=name, bytes=nbytes, peak_bytes_per_s=peak,
-                peak_source="NVIDIA data sheet (HBM)" if peak else "unknown peak")
-    for impl_name, (med, lo, hi) in times.items():
-        info[f"{impl_name}_ms"] = med
-        info[f"{impl_name}_ms_p20_p80"] = (lo, hi)
-        info[f"{impl_name}_GBps"] = nbytes / (med * 1e-3) / 1e9
-        info[f"{impl_name}_pct_peak"] = None if peak is None else 100.0 * nbytes / (med * 1e-3) / peak
-    for other in calls:
-        if other != "kernel":
-            info[f"kernel_speedup_vs_{other}"] = times[other][0] / times["kernel"][0]
-    benchmark.extra_info.update(info)
-    benchmark.pedantic(synced(calls[impl]), rounds=20, iterations=20, warmup_rounds=2)
-
-
-@pytest.mark.parametrize("impl", ["kernel", "reference", "torch_layer_norm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", list(NORM_SHAPES))
-def test_add_layer_norm(benchmark, shape, dtype, impl):
+def test_add_layer_norm(benchmark, shape, dtype):
     require_cuda()
     rows, width = NORM_SHAPES[shape]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -67,13 +45,13 @@ def test_add_layer_norm(benchmark, shape, dtype, impl):
              "torch_layer_norm": lambda: torch_add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps)}
     element = x.element_size()
     nbytes = 3 * rows * width * element + 2 * width * norm.weight.element_size()
-    record(benchmark, calls, impl, nbytes, dtype=str(dtype), shape=shape, rows=rows, width=width)
+    record(benchmark, calls, work="bytes", amount=nbytes, dtype=dtype, iterations=20, shape=shape, rows=rows,
+           width=width)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "reference"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", list(EMBEDDING_SHAPES))
-def test_add_embeddings(benchmark, shape, dtype, impl):
+def test_add_embeddings(benchmark, shape, dtype):
     require_cuda()
     b, n, width, table_rows = EMBEDDING_SHAPES[shape]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -87,4 +65,5 @@ def test_add_embeddings(benchmark, shape, dtype, impl):
 
     calls = {"kernel": kernel, "reference": lambda: reference_add_embeddings(x, positions, condition)}
     nbytes = (2 * b * n * width + n * width + b * width) * x.element_size()
-    record(benchmark, calls, impl, nbytes, dtype=str(dtype), shape=shape, B=b, N=n, width=width)
+    record(benchmark, calls, work="bytes", amount=nbytes, dtype=dtype, iterations=20, shape=shape, B=b, N=n,
+           width=width)

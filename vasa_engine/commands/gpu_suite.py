@@ -3,10 +3,11 @@
 1. builds the native extension in place (CMake + pybind11 + nvcc, no download);
 2. runs every GPU-marked test (graph replay equals eager, kernels equal their references on the device, the CUDA
    sampler step equals the PyTorch one, ...);
-3. runs the benchmark (quick mode first, so a short run still gives the key figures, then the full one while
-   the time budget lasts);
-4. writes `<device>-<date>-suite.json` and `.md` (and the bench's own JSON and markdown) into --out, and prints
-   the summary table last.
+3. runs the benchmark (quick mode first, so a short run still gives the key figures), then the kernel
+   benchmarks of benches/ (every Triton kernel against its PyTorch reference and PyTorch's own op, at the engine's
+   CUDA dtype), then the full benchmark while the time budget lasts;
+4. writes `<device>-<date>-suite.json` and `.md` (with the kernel table, the bench's own JSON and markdown, and
+   pytest-benchmark's JSON of the kernel benchmarks) into --out, and prints the summary table last.
 
 It uses only what a stock CUDA PyTorch image has (torch, triton, pybind11, cmake, nvcc, pytest); media
 libraries are imported lazily and the tests it runs do not need them.
@@ -107,6 +108,51 @@ def _bench(out: Path, quick: bool, budget: float, commit: str, stem: str) -> dic
     return {"report": f"{stem}-bench-{tag}.json", "problems": problems, "markdown": bench.to_markdown(report)}
 
 
+KERNEL_BENCHES = ("test_bench_attention.py", "test_bench_layer_norm.py", "test_bench_grid_sample.py",
+                  "test_bench_spade_modulate.py")
+
+
+def _kernel_benches(out: Path, stem: str, timeout: float, dtype: str) -> dict:
+    path = out / f"{stem}-kernels.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["VASA_KERNEL_BENCH_DTYPES"] = dtype
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-only",
+           f"--benchmark-json={path}", "--tb=line", *(str(REPO / "benches" / name) for name in KERNEL_BENCHES)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+        text = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired:
+        text = f"timed out after {timeout:.0f} s"
+    (out / "kernel-benches.log").write_text(text)
+    if not path.is_file():
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        raise RuntimeError(f"the kernel benchmarks wrote no results ({last}; see kernel-benches.log)")
+    markdown = kernel_table(json.loads(path.read_text()))
+    cases = markdown.count("\n") - 2
+    return {"report": path.name, "note": f"{cases} cases in {path.name}", "kernel_markdown": markdown}
+
+
+def kernel_table(data: dict) -> str:
+    """pytest-benchmark's JSON of benches/test_bench_*.py (kernel_bench.record's extra_info) as a markdown table:
+    one row a case, the kernel's time, its speed-up over every other implementation, its rate and % of peak."""
+    lines = ["| kernel | case | dtype | kernel ms | speed-up of the kernel over | achieved | % of peak |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for entry in data.get("benchmarks", []):
+        info = entry.get("extra_info", {})
+        if "kernel_ms" not in info:
+            continue
+        op = entry.get("name", "?").split("[")[0].removeprefix("test_")
+        case = str(info.get("shape", "?")) + (f" {info['layout']}" if "layout" in info else "")
+        ratios = ", ".join(f"{key.removeprefix('kernel_speedup_vs_')} {value:.2f}x"
+                           for key, value in info.items() if key.startswith("kernel_speedup_vs_"))
+        rate = (f"{info['kernel_tflops']:.1f} TFLOP/s" if "kernel_tflops" in info
+                else f"{info.get('kernel_GBps', float('nan')):.0f} GB/s")
+        pct = info.get("kernel_pct_peak")
+        lines.append(f"| {op} | {case} | {info.get('dtype', '?')} | {info['kernel_ms']:.4f} | {ratios} | {rate} | "
+                     f"{'n/a' if pct is None else f'{pct:.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def run(args) -> int:
     import torch
 
@@ -138,7 +184,12 @@ def run(args) -> int:
     if not args.skip_build:
         _step(steps, "build", _build)
     _step(steps, "gpu tests", lambda: _tests(out, timeout=max(60.0, min(240.0, left() * 0.5))))
-    _step(steps, "bench quick", lambda: _bench(out, True, max(30.0, left() - 20), commit, stem))
+    # the quick bench leaves about two minutes for the kernel benchmarks
+    _step(steps, "bench quick", lambda: _bench(out, True, max(30.0, left() - 140), commit, stem))
+    from ..runtime import resolve_dtype
+
+    kernel_dtype = str(resolve_dtype("auto", torch.device("cuda"))).removeprefix("torch.")
+    _step(steps, "kernel benches", lambda: _kernel_benches(out, stem, max(60.0, min(150.0, left() - 30)), kernel_dtype))
     if not args.quick and left() > 90:
         _step(steps, "bench full", lambda: _bench(out, False, left() - 20, commit, stem))
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -147,14 +198,20 @@ def run(args) -> int:
                "", f"torch {results['torch']}, CUDA {results['cuda']}, triton {results['triton']}; "
                f"{results['seconds']} s in all", "", "| step | result | seconds | notes |", "| --- | --- | --- | --- |"]
     for step, r in steps.items():
-        note = r.get("error") or (", ".join(f"{v} {k}" for k, v in r.get("counts", {}).items()) if "counts" in r
-                                  else "; ".join(r.get("problems", [])[:2]) or r.get("report", ""))
+        if "counts" in r:
+            counts = ", ".join(f"{v} {k}" for k, v in r["counts"].items())
+        else:
+            counts = "; ".join(r.get("problems", [])[:2]) or r.get("report", "")
+        note = r.get("error") or r.get("note") or counts
         summary.append(f"| {step} | {'ok' if r['ok'] else 'FAILED'} | {r['seconds']} | {note} |")
     bench_md = next((r["markdown"] for key in ("bench full", "bench quick") if (r := steps.get(key, {})).get("markdown")),
                     None)
-    text = "\n".join(summary) + "\n" + (f"\n{bench_md}\n" if bench_md else "")
+    kernel_md = steps.get("kernel benches", {}).get("kernel_markdown")
+    text = "\n".join(summary) + "\n" + (f"\n## Kernels\n\n{kernel_md}" if kernel_md else "") + (
+        f"\n{bench_md}\n" if bench_md else "")
     for r in steps.values():
         r.pop("markdown", None)
+        r.pop("kernel_markdown", None)
     from ..bench import write_atomic
 
     write_atomic(out / f"{stem}-suite.json", json.dumps(results, indent=2, default=str) + "\n")
