@@ -101,6 +101,7 @@ from .backend import use as use_backend
 from .errors import InputError, VasaError
 from .generation import (LEAD_IN_FRAMES, Controls, check_controls, euler_from_rotation, model_conditions,
                          sample_window, start_noise)
+from .io.audio import MAX_CHANNELS, samples_to_float32
 from .models.keypoints import rotation_matrix
 from .models.retarget import apply_stitching, retarget_delta
 
@@ -109,7 +110,6 @@ log = logging.getLogger("vasa_engine")
 FPS = 25
 FRAME_MS = 1000 // FPS  # 40
 LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)
-MAX_CHANNELS = 8
 MAX_RATE = 1_000_000
 PARAM_KEYS = ("pitch", "yaw", "roll", "exp", "t", "scale")
 DEFAULT_STREAM_STEPS = 5
@@ -307,18 +307,7 @@ def check_chunk(pcm, sample_rate) -> tuple[np.ndarray, int]:
     if pcm.ndim == 2 and not 1 <= pcm.shape[1] <= MAX_CHANNELS:
         raise InputError(f"audio chunk of shape {pcm.shape} is not (samples, channels) with 1 to {MAX_CHANNELS} "
                          "channels")
-    if pcm.dtype == np.int16:
-        x = pcm.astype(np.float32) / np.float32(32768.0)
-    elif pcm.dtype == np.int32:
-        x = (pcm.astype(np.float64) / 2147483648.0).astype(np.float32)
-    elif pcm.dtype in (np.float16, np.float32, np.float64):
-        if not np.isfinite(pcm).all():
-            raise InputError("audio chunk contains NaN or Inf samples")
-        x = pcm.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise InputError("audio chunk sample values are too large for float32")
-    else:
-        raise InputError(f"audio chunk must be int16, int32, float16, float32 or float64, got dtype {pcm.dtype}")
+    x = samples_to_float32(pcm, "audio chunk")
     if x.ndim == 2:
         x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float64).astype(np.float32)
     return np.ascontiguousarray(x, dtype=np.float32), int(sample_rate)

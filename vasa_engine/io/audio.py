@@ -266,19 +266,25 @@ def _to_channels(a: np.ndarray, name: str) -> np.ndarray:
     if a.size == 0:
         raise InputError(f"audio has no samples (array of shape {tuple(a.shape)}){where}")
 
+    return _channel_view(samples_to_float32(a, "audio", where))
+
+
+def samples_to_float32(a: np.ndarray, subject: str, where: str = "") -> np.ndarray:
+    """Samples as float32: int16 and int32 scaled to [-1, 1), floats checked finite. InputError naming `subject`
+    (and ending with `where`) for NaN or Inf, values beyond float32's range, or another dtype."""
     if a.dtype == np.int16:
-        f = a.astype(np.float32) / np.float32(32768.0)
-    elif a.dtype == np.int32:
-        f = (a.astype(np.float64) / 2147483648.0).astype(np.float32)
-    elif a.dtype in (np.float16, np.float32, np.float64):
+        return a.astype(np.float32) / np.float32(32768.0)
+    if a.dtype == np.int32:
+        return (a.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if a.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(a).all():
-            raise InputError(f"audio contains NaN or Inf samples{where}")
+            raise InputError(f"{subject} contains NaN or Inf samples{where}")
         f = a.astype(np.float32)
         if not np.isfinite(f).all():  # float64 values beyond the float32 range
-            raise InputError(f"audio sample values are too large for float32 (max |x| {np.abs(a).max():.4g}){where}")
-    else:
-        raise InputError(f"audio array must be int16, int32, float16, float32 or float64, got dtype {a.dtype}{where}")
-    return _channel_view(f)
+            raise InputError(f"{subject} sample values are too large for float32 (max |x| {np.abs(a).max():.4g})"
+                             f"{where}")
+        return f
+    raise InputError(f"{subject} must be int16, int32, float16, float32 or float64, got dtype {a.dtype}{where}")
 
 
 def _mono(chans: np.ndarray) -> np.ndarray:
