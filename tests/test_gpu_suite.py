@@ -81,3 +81,13 @@ def test_dtype_selection(monkeypatch):
     monkeypatch.setenv("VASA_KERNEL_BENCH_DTYPES", "int8")
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         kernel_bench._dtypes()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run where every kernel benchmark skips")
+def test_kernel_benches_without_a_gpu_say_why_and_leave_no_empty_report(tmp_path):
+    from vasa_engine.commands.gpu_suite import _kernel_benches
+
+    with pytest.raises(RuntimeError, match=r"wrote no results \(\d+ skipped"):
+        _kernel_benches(tmp_path, "cpu-test", 300, "float16")
+    assert not (tmp_path / "cpu-test-kernels.json").exists()
+    assert "skipped" in (tmp_path / "kernel-benches.log").read_text()
