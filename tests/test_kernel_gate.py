@@ -16,7 +16,8 @@ import pytest
 
 from conftest import REPO
 
-ENGINE_OPS = ("attention", "add_layer_norm", "add_embeddings", "grid_sample_3d", "spade_modulate")
+ENGINE_OPS = ("attention", "add_layer_norm", "add_embeddings", "grid_sample_3d", "spade_modulate",
+              "dense_motion_input")
 ARCHS = ("sm_90a", "sm_89")
 
 

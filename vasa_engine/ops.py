@@ -72,6 +72,48 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool
     return out
 
 
+# ------------------------------------------------------------------------------------------------ dense motion
+
+
+def _dense_motion_input(feature, grid, kp_driving, kp_source, variance, sample):
+    b, c, d, h, w = feature.shape
+    k = kp_driving.shape[1]
+    ident = grid.float()[None, None]  # (1, 1, d, h, w, 3)
+    kp_driving, kp_source = kp_driving.float(), kp_source.float()
+    shift = (kp_source - kp_driving).view(b, k, 1, 1, 1, 3)
+    motions = torch.cat([ident.expand(b, 1, d, h, w, 3), ident + shift], dim=1)
+    repeated = feature.unsqueeze(1).expand(b, k + 1, c, d, h, w).reshape(b * (k + 1), c, d, h, w)
+    deformed = sample(repeated, motions.reshape(b * (k + 1), d, h, w, 3)).view(b, k + 1, c, d, h, w)
+
+    def gauss(kp: torch.Tensor) -> torch.Tensor:
+        diff = ident - kp.view(b, k, 1, 1, 1, 3)
+        return torch.exp(-0.5 * (diff**2).sum(-1) / variance)
+
+    heat = gauss(kp_driving) - gauss(kp_source)
+    heat = torch.cat([heat.new_zeros(b, 1, d, h, w), heat], dim=1).unsqueeze(2).to(deformed.dtype)
+    return torch.cat([heat, deformed], dim=2).view(b, (k + 1) * (c + 1), d, h, w)
+
+
+def dense_motion_input_reference(feature: torch.Tensor, grid: torch.Tensor, kp_driving: torch.Tensor,
+                                 kp_source: torch.Tensor, variance: float = 0.01) -> torch.Tensor:
+    return _dense_motion_input(feature, grid, kp_driving, kp_source, variance, grid_sample_3d_reference)
+
+
+def dense_motion_input(feature: torch.Tensor, grid: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor,
+                       variance: float = 0.01) -> torch.Tensor:
+    """The dense motion network's hourglass input, for K keypoints: per motion k = 0..K (k = 0 the identity, k >= 1
+    the sparse motion grid - kp_driving[k] + kp_source[k]), the heatmap Gaussian(kp_driving[k]) -
+    Gaussian(kp_source[k]) over the grid (0 for k = 0) followed by the C channels of the feature volume sampled
+    trilinearly at that motion (zeros padding, align_corners False).
+
+    feature (B, C, d, h, w); grid (d, h, w, 3) fp32, the (x, y, z) of each voxel in [-1, 1]; keypoints (B, K, 3).
+    Returns (B, (K + 1) * (C + 1), d, h, w) in the feature's dtype, heatmaps and sampled motions in fp32 first."""
+    out = _dispatch("dense_motion_input", feature.device, feature, grid, kp_driving, kp_source, variance=variance)
+    if out is NotImplemented:  # the unfused path (its grid sample may still run a kernel)
+        out = _dense_motion_input(feature, grid, kp_driving, kp_source, variance, grid_sample_3d)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ attention
 
 

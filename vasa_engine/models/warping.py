@@ -1,7 +1,8 @@
 """Warping module (W): dense 3-D motion from implicit keypoints, warp of the feature volume, occlusion.
 
-Per frame this is the renderer's first half: 22 trilinear warps of a compressed volume, an hourglass of 3-D
-convolutions, a 7x7x7 mask conv, a softmax-weighted sum of the motions, and one trilinear warp of the full volume.
+Per frame this is the renderer's first half: 22 trilinear warps of a compressed volume with their keypoint
+heatmaps (one fused op), an hourglass of 3-D convolutions, a 7x7x7 mask conv, a softmax-weighted sum of the
+motions, and one trilinear warp of the full volume.
 """
 
 from __future__ import annotations
@@ -70,38 +71,20 @@ class DenseMotionNetwork(nn.Module):
         self.mask = nn.Conv3d(hg, num_kp + 1, 7, padding=3)
         self.occlusion = nn.Conv2d(hg * cfg.reshape_depth, 1, 7, padding=3) if estimate_occlusion_map else None
 
-    def sparse_motions(self, grid: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
-        """(B, K+1, d, h, w, 3): the identity, then for each keypoint k: grid - x_d[k] + x_s[k]."""
-        b = kp_driving.shape[0]
-        shift = (kp_source - kp_driving).view(b, self.num_kp, 1, 1, 1, 3)
-        ident = grid.unsqueeze(0).unsqueeze(0)
-        return torch.cat([ident.expand(b, 1, *grid.shape), ident + shift], dim=1)
-
-    def heatmaps(self, grid: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
-        """(B, K+1, 1, d, h, w): Gaussian(x_d) - Gaussian(x_s) per keypoint, zero for the background."""
-
-        def gauss(kp: torch.Tensor) -> torch.Tensor:
-            diff = grid.unsqueeze(0).unsqueeze(0) - kp.view(kp.shape[0], self.num_kp, 1, 1, 1, 3)
-            return torch.exp(-0.5 * (diff**2).sum(-1) / KP_VARIANCE)
-
-        heat = gauss(kp_driving) - gauss(kp_source)
-        zeros = heat.new_zeros(heat.shape[0], 1, *heat.shape[2:])
-        return torch.cat([zeros, heat], dim=1).unsqueeze(2)
-
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> dict:
         b, _, d, h, w = feature.shape
-        k1 = self.num_kp + 1
         feature = F.relu(self.norm(self.compress(feature)))
-        c = feature.shape[1]
         grid = coordinate_grid(d, h, w, device=feature.device, dtype=torch.float32)
         kp_driving, kp_source = kp_driving.float(), kp_source.float()
-        motions = self.sparse_motions(grid, kp_driving, kp_source)  # fp32 coordinates, whatever the features
-        repeated = feature.unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
-        deformed = ops.grid_sample_3d(repeated, motions.reshape(b * k1, d, h, w, 3)).view(b, k1, c, d, h, w)
-        heat = self.heatmaps(grid, kp_driving, kp_source).to(deformed.dtype)
-        prediction = self.hourglass(torch.cat([heat, deformed], dim=2).view(b, k1 * (c + 1), d, h, w))
+        # Per motion (the identity, then grid - x_d[k] + x_s[k] per keypoint): Gaussian(x_d[k]) - Gaussian(x_s[k])
+        # and the compressed volume warped by it, (B, (K+1) * (c+1), d, h, w), in one pass (ops.dense_motion_input).
+        x = ops.dense_motion_input(feature, grid, kp_driving, kp_source, variance=KP_VARIANCE)
+        prediction = self.hourglass(x)
         mask = torch.softmax(self.mask(prediction).float(), dim=1)
-        deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask, motions)
+        # sum_k mask_k * motion_k with motion_0 = grid and motion_k = grid + shift_k, and sum_k mask_k = 1: the
+        # grid plus the mask-weighted shifts, without the (B, K+1, d, h, w, 3) motions in memory.
+        shift = kp_source - kp_driving
+        deformation = grid + torch.einsum("bkdhw,bkc->bdhwc", mask[:, 1:], shift)
         out = {"mask": mask, "deformation": deformation}
         if self.occlusion is not None:
             out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction.reshape(b, -1, h, w)))
