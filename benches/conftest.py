@@ -40,12 +40,14 @@ def bench_sizes():
 
 @pytest.fixture(scope="session", params=["reference", "auto"], ids=["eager", "engine"])
 def stage_engine(request, bench_sizes):
-    """The engine at the mode's sizes (seeded random weights), running the reference or its own backend."""
+    """The engine at the mode's sizes (seeded random weights): the reference, eager, or the engine's own backend
+    and CUDA graphs."""
     import copy
 
     engine = _base_engine(bench_sizes)
     view = copy.copy(engine)
     view.backend = request.param
+    view.set_cuda_graphs(request.param == "auto")  # the engine with its CUDA graphs, the reference without
     return view
 
 

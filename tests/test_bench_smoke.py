@@ -125,3 +125,53 @@ def test_stage_benchmarks_run_in_smoke_mode():
                           timeout=600, env=env, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def _implementations(device):
+    import torch
+
+    sizes = bench.sizes_for("smoke", device)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    engines = bench.build_engines(sizes, device, dtype)
+    return bench.build_implementations(engines, dtype, "dynamo-only"), sizes
+
+
+def test_implementations_keep_their_own_graph_caches():
+    """Shallow copies of one engine must not share captured graphs: the eager columns would replay the engine's
+    kernels (or the engine the reference's)."""
+    import torch
+
+    impls, _ = _implementations(torch.device("cpu"))
+    engines = [impl.engine for impl in impls.values()]
+    assert len({id(e.render_graphs) for e in engines}) == len(engines)
+    assert len({id(e.sampler_graphs) for e in engines}) == len(engines)
+    for name, impl in impls.items():
+        assert not impl.engine.render_graphs.enabled and not impl.engine.sampler_graphs.enabled  # a CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_engine_stages_replay_graphs_and_match_eager():
+    import torch
+
+    from vasa_engine.motion_script import scripted_motion
+
+    impls, sizes = _implementations(torch.device("cuda"))
+    engine, eager = impls["engine"], impls["eager bf16"]
+    assert engine.engine.render_graphs.enabled and not eager.engine.render_graphs.enabled
+    out = {}
+    for impl in (engine, eager):
+        impl.avatar = impl.engine.prepare(REPO_ROOT + "/vasa_engine/assets/astronaut.png")
+        fn = bench.renderer_stage(impl.engine, impl.avatar, scripted_motion(impl.avatar, 2))
+        fn()
+        out[impl.name] = fn().float()
+    assert engine.engine.render_graphs.calls and not engine.engine.render_graphs.failed
+    assert not eager.engine.render_graphs.calls
+    err = ((out["engine"] - out["eager bf16"]).norm() / out["eager bf16"].norm()).item()
+    assert err < 2e-2, err
+    cfg = engine.engine.motion_stack.generator.cfg
+    features = torch.randn(1, cfg.n_motions, cfg.feature_dim)
+    windows = {impl.name: bench.motion_generator_stage(impl.engine, features, 5)().float() for impl in (engine, eager)}
+    assert engine.engine.sampler_graphs.calls and not engine.engine.sampler_graphs.failed
+    err = ((windows["engine"] - windows["eager bf16"]).norm() / windows["eager bf16"].norm()).item()
+    assert err < 5e-2, err

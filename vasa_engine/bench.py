@@ -6,8 +6,10 @@ Implementations (one process, the same seeded or loaded weights):
 - "torch.compile": `torch.compile` of the same modules' forward (the audio encoder's window forward, the
   denoising transformer, the renderer's warp + decode), mode "max-autotune" on CUDA and the default mode on a CPU,
   static shapes; the first call of each shape (trace + compile) is timed apart and never inside a timed region;
-- "engine": the engine as shipped (`backend="auto"`: Triton kernels on CUDA where registered). A later runtime
-  (CUDA graphs, for instance) replaces a stage's callable with `register_engine_stage`.
+- "engine": the engine as shipped (`backend="auto"`: Triton kernels on CUDA where registered, and its CUDA graphs:
+  the renderer's per-frame path per batch size, the whole sampler loop of a window). The other three run without
+  the engine's CUDA graphs (torch.compile's max-autotune has its own). Each implementation has graph caches of its
+  own. A later runtime replaces a stage's callable with `register_engine_stage`.
 
 Stages and their units: the audio encoder per second of audio; the motion generator per window at 1, 5 and 10
 steps (DPM-Solver++(2M), every guidance branch in one batched forward, as `generation.GuidedDenoiser` runs it);
@@ -252,9 +254,11 @@ def motion_generator_stage(engine, features: torch.Tensor, steps: int, controls=
     controls = replace(controls or Controls(), steps=steps)
     feats = features.to(engine.device, engine.dtype)
 
+    graphs = engine.sampler_graphs if engine.sampler_graphs.enabled else None
+
     def run():
         with use_backend(engine.backend):
-            return generate_windows(generator, feats, controls)
+            return generate_windows(generator, feats, controls, graphs=graphs)
 
     return _no_grad(run)
 
@@ -265,14 +269,24 @@ def renderer_stage(engine, avatar, motion) -> StageFn:
     renderer = engine.renderer
     m = motion.to(engine.device)
     src = avatar.source
+    inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale] + [v for v in (m.eye, m.lip) if v is not None]
 
-    def run():
+    def frames(pitch, yaw, roll, exp, t, scale, *ratios):
+        ratios = list(ratios)
+        eye = ratios.pop(0) if m.eye is not None else None
+        lip = ratios.pop(0) if m.lip is not None else None
         with use_backend(engine.backend):
-            x_d = renderer.driving_keypoints(src, m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale, eye_ratio=m.eye,
-                                             lip_ratio=m.lip, source_eye_ratio=avatar.eye_ratio,
-                                             source_lip_ratio=avatar.lip_ratio, stitching=True)
+            x_d = renderer.driving_keypoints(src, pitch, yaw, roll, exp, t, scale, eye_ratio=eye, lip_ratio=lip,
+                                             source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio,
+                                             stitching=True)
             image = renderer.warp_decode(src.feature_3d, src.x_s, x_d)
         return (image.float().clamp(0, 1) * 255).to(torch.uint8)
+
+    # the engine's renderer graphs (disabled for the other implementations: then this runs eagerly)
+    key = ("bench renderer", len(m), m.eye is not None, m.lip is not None, engine.backend)
+
+    def run():
+        return engine.render_graphs.run(key, frames, inputs)
 
     return _no_grad(run)
 
@@ -369,6 +383,7 @@ def compiled_engine(engine, mode: str):
     _raise_recompile_limit()
     view = copy.copy(engine)
     view.backend = "reference"
+    view.set_cuda_graphs(False)  # max-autotune captures its own
     stack = engine.motion_stack
     audio = _ModuleView(stack.audio, window_features=compile_callable(stack.audio.window_features, mode))
     generator = _ModuleView(stack.generator, denoising_net=compile_callable(stack.generator.denoising_net, mode))
@@ -399,14 +414,12 @@ def build_implementations(engines: dict, dtype: torch.dtype, compile_mode: str, 
     for name in IMPLEMENTATIONS:
         if name in skip:
             continue
-        if name == "eager fp32":
-            e = copy.copy(engines[torch.float32])
+        if name in ("eager fp32", "eager bf16"):
+            dt = torch.float32 if name == "eager fp32" else torch.bfloat16
+            e = copy.copy(engines[dt])
             e.backend = "reference"
-            impls[name] = Implementation(name, e, note="PyTorch reference, float32")
-        elif name == "eager bf16":
-            e = copy.copy(engines[torch.bfloat16])
-            e.backend = "reference"
-            impls[name] = Implementation(name, e, note="PyTorch reference, bfloat16")
+            e.set_cuda_graphs(False)
+            impls[name] = Implementation(name, e, note=f"PyTorch reference, {str(dt).replace('torch.', '')}")
         elif name == "torch.compile":
             words = {"dynamo-only": "torch.compile with backend='eager' (dynamo tracing only; smoke mode)",
                      "default": "torch.compile, default mode", "max-autotune": "torch.compile, mode max-autotune"}
@@ -419,8 +432,11 @@ def build_implementations(engines: dict, dtype: torch.dtype, compile_mode: str, 
         else:
             e = copy.copy(engines[dtype])
             e.backend = "auto"
+            e.set_cuda_graphs(True)  # graph caches of its own
             note = f"backend auto, {str(dtype).replace('torch.', '')}"
-            if device.type != "cuda":
+            if device.type == "cuda":
+                note += ", CUDA graphs"
+            else:
                 note += f"; {ENGINE_ON_CPU}"
             hooks = sorted(_ENGINE_STAGE_BUILDERS)
             if hooks:

@@ -178,16 +178,21 @@ class Engine:
             to_channels_last(self.renderer)
             torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick its algorithms
         self.batch_size = batch_size or (8 if self.device.type == "cuda" else 1)
-        use_graphs = cuda_graphs and self.device.type == "cuda"
-        self.sampler_graphs = GraphCache("sampler loop", enabled=use_graphs)
-        self.render_graphs = GraphCache("renderer", enabled=use_graphs)
-        self._graph_source: dict[str, torch.Tensor] | None = None  # the avatar the renderer graphs read
-        self._graph_avatar = None
+        self.set_cuda_graphs(cuda_graphs)
         self._motion_config = motion_config
         self._audio_config = audio_config  # AudioEncoderConfig for random weights (default: HuBERT base)
         self._motion_stack: MotionStack | None = None
         if "motion_generator" in self._components or "audio" in self._components:
             self.motion_stack  # load and check the given weights now, not at the first generate
+
+    def set_cuda_graphs(self, enabled: bool) -> None:
+        """Capture and replay CUDA graphs (on CUDA only) or run eagerly. Starts with no captured graph and no static
+        buffers, so a copy of an engine (copy.copy) calling this shares none of the original's."""
+        use_graphs = bool(enabled) and self.device.type == "cuda"
+        self.sampler_graphs = GraphCache("sampler loop", enabled=use_graphs)
+        self.render_graphs = GraphCache("renderer", enabled=use_graphs)
+        self._graph_source: dict[str, torch.Tensor] | None = None  # the avatar the renderer graphs read
+        self._graph_avatar = None
 
     @property
     def random_weights(self) -> bool:
@@ -337,7 +342,8 @@ class Engine:
             m = motion[start : start + step].to(self.device)
             inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale] + [v for v in (m.eye, m.lip) if v is not None]
             source = self._render_source(avatar)
-            key = (len(m), stitching, driving_multiplier, m.eye is not None, m.lip is not None)
+            # the backend is part of the key: a graph replays the kernels it was captured with
+            key = (len(m), stitching, driving_multiplier, m.eye is not None, m.lip is not None, self.backend)
 
             def frame_fn(pitch, yaw, roll, exp, t, scale, *ratios, eye=m.eye is not None, lip=m.lip is not None):
                 ratios = list(ratios)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import backend
 from .audio_features import JOYVASA_CLIP_PAD, SAMPLES_PER_VIDEO_FRAME
 from .errors import InputError
 from .models.keypoints import rotation_matrix
@@ -283,7 +284,7 @@ def _generate_windows_graphed(model, features, controls, conditions, noise, prog
     ddpm_gen = torch.Generator(device="cpu").manual_seed(controls.seed + 1)
     names = sorted(conditions)
     key = ("window", controls.sampler, controls.steps, tuple(sorted(guidance_scales(controls).items())), tuple(names),
-           tuple(features.shape[1:]), features.dtype)
+           tuple(features.shape[1:]), features.dtype, backend.current())  # a graph replays the kernels it captured
 
     def window(audio, prev_motion, prev_audio, x_t, *rest):
         conds = dict(zip(names, rest[: len(names)]))
