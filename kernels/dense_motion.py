@@ -142,6 +142,8 @@ def dense_motion_input(feature: torch.Tensor, grid: torch.Tensor, kp_driving: to
     if not variance > 0:
         raise InputError(f"dense_motion_input: variance must be positive, got {variance}")
     k = kp_driving.shape[1]
+    if (k + 1) * (c + 1) * d * h * w >= 2**31 or d * h * w * c >= 2**31:
+        return NotImplemented  # offsets within one batch item are 32-bit
     out = torch.empty((b, (k + 1) * (c + 1), d, h, w), dtype=feature.dtype, device=feature.device)
     spatial = d * h * w
     if b == 0 or spatial == 0:
