@@ -88,3 +88,50 @@ def test_graph_replay_equals_eager(tiny_full_weights, sample_image, sample_speec
     f_o = graphed.render(other, m_g[:4], batch_size=4).astype(np.float64)
     f_oe = eager.render(eager.prepare(np.ascontiguousarray(np.flip(a_e.image, axis=1))), m_g[:4], batch_size=4)
     assert np.linalg.norm(f_o - f_oe) / np.linalg.norm(f_oe) < (1e-5 if dtype == "float32" else 2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_replays_are_copied_out():
+    cache = GraphCache("test")
+    x = torch.arange(6.0, device="cuda")
+    first = cache.run("k", lambda t: t * 2, [x], copy=True)
+    second = cache.run("k", lambda t: t * 2, [x + 1], copy=True)
+    assert "k" in cache.calls and torch.equal(first, x * 2) and torch.equal(second, (x + 1) * 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_threads_sharing_one_engine_get_their_own_frames(tiny_full_weights, sample_image):
+    """Two threads render two portraits through the same captured graphs (shared source buffers and outputs):
+    each gets the frames the eager engine gives for its own portrait. A graph captured under one backend is not
+    replayed under another."""
+    import threading
+
+    from vasa_engine.motion_script import scripted_motion
+
+    graphed = Engine(tiny_full_weights, device="cuda", dtype="float32")
+    eager = Engine(tiny_full_weights, device="cuda", dtype="float32", cuda_graphs=False)
+    image = graphed.prepare(sample_image).image
+    images = [image, np.ascontiguousarray(np.flip(image, axis=1))]
+    avatars = [graphed.prepare(i) for i in images]
+    motions = [scripted_motion(a, 12) for a in avatars]
+    expected = [eager.render(eager.prepare(i), m, batch_size=4).astype(np.float64) for i, m in zip(images, motions)]
+    results: dict[int, list] = {0: [], 1: []}
+
+    def work(i):
+        for _ in range(5):
+            results[i].append(graphed.render(avatars[i], motions[i], batch_size=4).astype(np.float64))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        for got in results[i]:
+            assert np.linalg.norm(got - expected[i]) / np.linalg.norm(expected[i]) < 1e-5
+    keys = set(graphed.render_graphs.calls)
+    graphed.backend = "reference"
+    graphed.render(avatars[0], motions[0][:4], batch_size=4)
+    assert len(graphed.render_graphs.calls) == len(keys) + 1

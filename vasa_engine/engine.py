@@ -341,7 +341,6 @@ class Engine:
         for start in range(0, len(motion), step):
             m = motion[start : start + step].to(self.device)
             inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale] + [v for v in (m.eye, m.lip) if v is not None]
-            source = self._render_source(avatar)
             # the backend is part of the key: a graph replays the kernels it was captured with
             key = (len(m), stitching, driving_multiplier, m.eye is not None, m.lip is not None, self.backend)
 
@@ -358,7 +357,11 @@ class Engine:
                 # As the reference: clip to [0, 1], scale to 255 and truncate.
                 return (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
 
-            frames = self.render_graphs.run(key, frame_fn, inputs)
+            # the graphs' source buffers and outputs are shared: one thread at a time, from the source's copy
+            # until the frames are copied out
+            with self.render_graphs.lock:
+                source = self._render_source(avatar)
+                frames = self.render_graphs.run(key, frame_fn, inputs, copy=True)
             if paste_back:
                 frames = self._paste_back(avatar, frames)
             yield frames.cpu().numpy()

@@ -299,7 +299,7 @@ def _generate_windows_graphed(model, features, controls, conditions, noise, prog
         inputs = [audio, prev_motion.to(audio.dtype), prev_audio.to(audio.dtype), x_T] + [conditions[n] for n in names]
         if controls.sampler == "ddpm":
             inputs.append(ddpm_window_noise(schedule, x_T, ddpm_gen, controls))
-        motion = graphs.run(key, window, inputs).clone()  # the graph's output buffer is reused by the next replay
+        motion = graphs.run(key, window, inputs, copy=True)  # a replay's output buffer is reused by the next one
         windows.append(motion[0])
         prev_motion, prev_audio = motion[:, -cfg.n_prev_motions :], audio[:, -cfg.n_prev_motions :]
         if progress is not None:

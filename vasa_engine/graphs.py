@@ -10,6 +10,7 @@ from then on.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -40,7 +41,9 @@ class CapturedCall:
                 fn(*self.static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph, pool=pool):
+        # thread_local: work other threads launch meanwhile (another engine call, a stream session) does not
+        # invalidate this capture
+        with torch.no_grad(), torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             out = fn(*self.static_inputs)
         self.tuple_out = isinstance(out, tuple)
         self.static_outputs = _as_tuple(out)
@@ -62,7 +65,10 @@ class CapturedCall:
 
 class GraphCache:
     """Captured calls by key (a batch size, a sampler setting...), with one shared memory pool and an eager
-    fallback: `run(key, fn, inputs)` replays the graph for `key`, capturing it on first use."""
+    fallback: `run(key, fn, inputs)` replays the graph for `key`, capturing it on first use.
+
+    A replay's inputs and outputs are static buffers, so threads sharing a cache must hold `lock` from the call
+    until they have copied the output (`run(..., copy=True)` does that for them)."""
 
     def __init__(self, name: str, enabled: bool = True):
         self.name = name
@@ -70,11 +76,21 @@ class GraphCache:
         self.calls: dict[Hashable, CapturedCall] = {}
         self.failed: dict[Hashable, str] = {}
         self._pool = None
+        self.lock = threading.RLock()
 
-    def run(self, key: Hashable, fn: Callable, inputs: Tensors):
+    def run(self, key: Hashable, fn: Callable, inputs: Tensors, copy: bool = False):
+        """fn(*inputs), replayed from a graph where one is (or can be) captured. copy: return a copy of a replayed
+        output, taken under the lock (an eager result is returned as it is)."""
         usable = self.enabled and all(t.is_cuda for t in inputs) and key not in self.failed
         if not usable:
             return fn(*inputs)
+        with self.lock:
+            out = self._replay(key, fn, inputs)
+            if copy and key in self.calls:
+                out = tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+            return out
+
+    def _replay(self, key: Hashable, fn: Callable, inputs: Tensors):
         call = self.calls.get(key)
         if call is None:
             try:
@@ -90,5 +106,6 @@ class GraphCache:
         return call(*inputs)
 
     def clear(self) -> None:
-        self.calls.clear()
-        self._pool = None
+        with self.lock:
+            self.calls.clear()
+            self._pool = None

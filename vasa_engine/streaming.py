@@ -101,6 +101,7 @@ from .backend import use as use_backend
 from .errors import InputError, VasaError
 from .generation import (LEAD_IN_FRAMES, Controls, check_controls, euler_from_rotation, model_conditions,
                          sample_window, start_noise)
+from .graphs import GraphCache
 from .io.audio import MAX_CHANNELS, samples_to_float32
 from .models.keypoints import rotation_matrix
 from .models.retarget import apply_stitching, retarget_delta
@@ -389,10 +390,16 @@ class WindowSampler:
         self.x_T = start_noise(self.cfg, controls.seed).to(device=device, dtype=torch.float32)
         self.ddpm_gen = torch.Generator(device="cpu").manual_seed(controls.seed + 1)
         self.windows = 0
-        self.use_graph = (cuda_graphs and device.type == "cuda" and denoiser_factory is None
-                          and controls.sampler != "ddpm")
-        self._graph = None
-        self._static: dict[str, torch.Tensor] = {}
+        # one captured sampler loop per session (ddpm draws its step noise on the host: eager)
+        self._graphs = GraphCache("streaming sampler", enabled=(cuda_graphs and device.type == "cuda"
+                                                                and denoiser_factory is None
+                                                                and controls.sampler != "ddpm"))
+        self.graph_replays = 0
+
+    @property
+    def use_graph(self) -> bool:
+        """Whether windows run as a captured CUDA graph (on, and its capture has not failed)."""
+        return self._graphs.enabled and "window" not in self._graphs.failed
 
     def window_audio(self, heard: torch.Tensor) -> torch.Tensor:
         """(1, h, d) features of the frames heard -> (1, L, d): them, then the null audio feature."""
@@ -435,45 +442,18 @@ class WindowSampler:
                                  ddpm_generator=self.ddpm_gen, schedule=self.schedule)
         prev_m, prev_a = self.full_context(ctx_motion, ctx_audio)
         if self.use_graph:
-            try:
-                return self._graphed(audio, prev_m, prev_a, x_T)
-            except Exception as exc:  # capture is an optimization: fall back to eager on any failure
-                log.warning("warning: CUDA graph capture of the sampler failed (%s); running it eagerly",
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                self.use_graph = False
-                self._graph, self._static = None, {}
+            out = self._graphs.run("window", self._window, [audio, prev_m, prev_a, x_T], copy=True)
+            self.graph_replays += "window" in self._graphs.calls
+            return out
         return sample_window(self.model, audio, prev_m, prev_a, self.controls, x_T,
                              conditions=self.conditions, ddpm_generator=self.ddpm_gen, schedule=self.schedule)
 
-    def _run_static(self) -> torch.Tensor:
-        s = self._static
-        return sample_window(self.model, s["audio"], s["prev_motion"], s["prev_audio"], self.controls, s["x_T"],
-                             conditions=self.conditions, schedule=self.schedule)
-
-    def _graphed(self, audio, prev_m, prev_a, x_T) -> torch.Tensor:
-        if self._graph is None:
-            self._static = {"audio": audio.clone(), "prev_motion": prev_m.clone(), "prev_audio": prev_a.clone(),
-                            "x_T": x_T.clone()}
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm up (allocator, kernels) before capture
-                    self._run_static()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._static["out"] = self._run_static()
-            self._graph = graph
-        s = self._static
-        s["audio"].copy_(audio)
-        s["prev_motion"].copy_(prev_m)
-        s["prev_audio"].copy_(prev_a)
-        s["x_T"].copy_(x_T)
-        self._graph.replay()
-        return s["out"].clone()
+    def _window(self, audio, prev_m, prev_a, x_T) -> torch.Tensor:
+        return sample_window(self.model, audio, prev_m, prev_a, self.controls, x_T, conditions=self.conditions,
+                             schedule=self.schedule)
 
     def release(self) -> None:
-        self._graph, self._static = None, {}
+        self._graphs.clear()
 
 
 # --------------------------------------------------------------------------------------------------- driving
