@@ -41,6 +41,10 @@ def test_smoke_writes_json_and_markdown(smoke_run):
     assert not list(json_path.parent.glob(".*"))  # no temporary file left behind
 
 
+def md_text(smoke_run) -> str:
+    return smoke_run[2].read_text()
+
+
 def test_smoke_report_carries_every_figure(smoke_run):
     proc, json_path, _, _ = smoke_run
     report = json.loads(json_path.read_text())
@@ -69,6 +73,9 @@ def test_smoke_report_carries_every_figure(smoke_run):
             assert fig["flops_per_unit"] > 0 and fig["bytes_per_unit"] > 0
             assert "vs eager fp32" in fig["speedup"] or impl == "eager fp32"
     assert figures["end_to_end"]["engine"]["fps"] > 0
+    concurrent = figures["streaming"]["engine"]["concurrent"]
+    assert concurrent["counts"]["1"]["measured"] and concurrent["counts"]["1"]["streams"] == 1
+    assert concurrent["max_streams"] in (0, 1, 2) and "| concurrent real-time streams |" in md_text(smoke_run)
     assert report["engine_note"] == bench.ENGINE_ON_CPU
     assert report["sizes"]["reduced"] is True
 
@@ -175,3 +182,21 @@ def test_engine_stages_replay_graphs_and_match_eager():
     assert engine.engine.sampler_graphs.calls and not engine.engine.sampler_graphs.failed
     err = ((windows["engine"] - windows["eager bf16"]).norm() / windows["eager bf16"].norm()).item()
     assert err < 5e-2, err
+
+
+@pytest.mark.parametrize("drift,lag,keeps_up", [(30.0, 5.0, True), (450.0, 5.0, False), (30.0, 400.0, False)])
+def test_concurrent_streams_rule(monkeypatch, drift, lag, keeps_up):
+    """A count keeps up unless some stream's latency grows by a chunk or its pushes fall a chunk behind."""
+    calls = []
+
+    def fake_stream_once(engine, avatar, samples, push_ms=40, **settings):
+        calls.append(push_ms)
+        worst = len(calls) == 2  # the second stream is the slow one
+        return {"p50_ms": 100.0, "p95_ms": 150.0, "max_ms": 160.0, "compute_p95_ms": 90.0, "fps": 24.0,
+                "frames": 25, "chunk_ms": 200, "lookahead_ms": 80, "steps": 5,
+                "latency_drift_ms": drift if worst else 0.0, "push_lag_ms": lag if worst else 0.0}
+
+    monkeypatch.setattr(bench, "stream_once", fake_stream_once)
+    out = bench.stream_concurrently(None, None, None, 3)
+    assert len(calls) == 3 and out["streams"] == 3 and out["keeps_up"] is keeps_up
+    assert out["frames"] == 75 and out["latency_drift_ms"] == drift and out["push_lag_ms"] == lag

@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,12 +85,13 @@ class Sizes:
     quick: bool = False
     compile_all: bool = True  # False: torch.compile only on the first shape of each stage, no end to end
     stream_seconds: float = 4.0  # speech pushed in real time for the streaming latency
+    stream_counts: tuple[int, ...] = (1, 2)  # concurrent streams tried, in order, until one count falls behind
 
 
 MODES = {
     "gpu": Sizes("gpu", "full", "full", "full", audio_windows=8, batches=(1, 2, 4, 8, 16, 32), steps=STEPS,
                  e2e_seconds=10.0, warmup=3, repeats=20, e2e_repeats=3, repeat_seconds=10.0,
-                 compile_mode="max-autotune", stream_seconds=10.0),
+                 compile_mode="max-autotune", stream_seconds=10.0, stream_counts=(1, 2, 4, 8, 12, 16)),
     "cpu": Sizes("cpu", "tiny", "reduced", "reduced", audio_windows=1, batches=(1, 2, 4, 8), steps=STEPS,
                  e2e_seconds=1.0, warmup=1, repeats=3, e2e_repeats=1, repeat_seconds=4.0, compile_mode="default",
                  stream_seconds=2.0),
@@ -98,7 +100,7 @@ MODES = {
                    stream_seconds=0.5),
 }
 QUICK_GPU = dict(batches=(1, 8, 32), e2e_seconds=8.0, warmup=2, repeats=10, e2e_repeats=2, repeat_seconds=3.0,
-                 quick=True)
+                 quick=True, stream_seconds=6.0, stream_counts=(1, 4, 8))
 
 
 def sizes_for(mode: str, device: torch.device, *, quick: bool = False, full_size: bool = False,
@@ -1105,6 +1107,32 @@ class _Runner:
             fig["engine"] = {"measured": True, "unit": "latency", **result}
         except Exception as exc:
             fig["engine"] = not_measured(f"failed: {_error_reason(exc)}")
+            return
+        fig["engine"]["concurrent"] = self._concurrent_streams(impl)
+
+    def _concurrent_streams(self, impl: Implementation) -> dict:
+        """Streams run at once on the engine (each pushed in real time by its own thread), at each count of
+        `sizes.stream_counts` until one falls behind real time; `max_streams` is the largest count that kept up."""
+        speech = speech_clip(self.sizes.stream_seconds)
+        levels, best = {}, 0
+        for n in self.sizes.stream_counts:
+            why = self._blocked(impl)
+            if why:
+                levels[str(n)] = not_measured(why)
+                break
+            _log(self.budget, f"{n} concurrent streams ({self.sizes.stream_seconds:g} s of speech each): engine")
+            try:
+                levels[str(n)] = {"measured": True, **stream_concurrently(impl.engine, impl.avatar, speech, n)}
+            except Exception as exc:  # out of memory at a high count, for instance
+                levels[str(n)] = not_measured(f"failed: {_error_reason(exc)}")
+                break
+            if not levels[str(n)]["keeps_up"]:
+                break
+            best = n
+        return {"max_streams": best, "counts": levels,
+                "rule": "a count keeps up when, for every stream, the median latency of its last quarter of frames "
+                        "exceeds its first quarter's by less than one chunk, and no push ran a chunk or more behind "
+                        "the real-time schedule (back-pressure): no backlog builds"}
 
 
 def stream_once(engine, avatar, samples, *, push_ms: int = 40, **settings) -> dict:
@@ -1112,24 +1140,68 @@ def stream_once(engine, avatar, samples, *, push_ms: int = 40, **settings) -> di
     return its latency report: p50 / p95 / max in ms (audio in -> frame returned, look-ahead included), with the
     chunk size and look-ahead it was measured under."""
     step = SAMPLE_RATE * push_ms // 1000
-    frames = 0
+    returned = []
+    lag = 0.0
     with engine.stream(avatar, **settings) as session:
         t0 = time.perf_counter()
         for i, start in enumerate(range(0, len(samples), step)):
             wait = t0 + i * push_ms / 1000.0 - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            frames += len(session.push(samples[start : start + step], SAMPLE_RATE))
-        frames += len(session.flush())
+            lag = max(lag, -wait)
+            returned += session.push(samples[start : start + step], SAMPLE_RATE)
+        returned += session.flush()
         report = session.report().to_dict()
     out = {"p50_ms": report["total"]["p50"] * 1000, "p95_ms": report["total"]["p95"] * 1000,
-           "max_ms": report["total"]["max"] * 1000, "frames": frames}
+           "max_ms": report["total"]["max"] * 1000, "frames": len(returned)}
+    # Falling behind shows as latency growing through the stream (or, once back-pressure blocks, as pushes late
+    # on the real-time schedule): the median latency of the last quarter of the frames minus the first quarter's.
+    lat = [f.latency_s for f in returned if f.kind == "speech" and f.latency_s is not None]
+    q = len(lat) // 4
+    out["latency_drift_ms"] = (statistics.median(lat[-q:]) - statistics.median(lat[:q])) * 1000 if q else math.nan
+    out["push_lag_ms"] = lag * 1000
     for part in ("lookahead", "compute"):
         out[f"{part}_p50_ms"] = report[part]["p50"] * 1000
         out[f"{part}_p95_ms"] = report[part]["p95"] * 1000
     out.update({k: report[k] for k in ("chunk_ms", "lookahead_ms", "past_ms", "steps", "fps")})
     out["push_ms"] = push_ms
     return out
+
+
+def stream_concurrently(engine, avatar, samples, n: int, *, push_ms: int = 40, **settings) -> dict:
+    """`n` sessions on one engine at once, each pushed in real time by its own thread (`stream_once`), started
+    together. Returns the worst stream's latencies, the lowest sustained fps and whether every stream kept up."""
+    import threading
+
+    results: list[dict | None] = [None] * n
+    errors: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            results[i] = stream_once(engine, avatar, samples, push_ms=push_ms, **settings)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"bench-stream-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    done = [r for r in results if r is not None]
+    chunk = done[0]["chunk_ms"]
+    keeps_up = all(r["latency_drift_ms"] < chunk and r["push_lag_ms"] < chunk for r in done)
+    return {"streams": n, "keeps_up": keeps_up,
+            "latency_drift_ms": max(r["latency_drift_ms"] for r in done),
+            "push_lag_ms": max(r["push_lag_ms"] for r in done),
+            "p50_ms": max(r["p50_ms"] for r in done), "p95_ms": max(r["p95_ms"] for r in done),
+            "max_ms": max(r["max_ms"] for r in done), "compute_p95_ms": max(r["compute_p95_ms"] for r in done),
+            "min_fps": min(r["fps"] for r in done), "frames": sum(r["frames"] for r in done), "chunk_ms": chunk,
+            "lookahead_ms": done[0]["lookahead_ms"], "steps": done[0]["steps"], "push_ms": push_ms}
 
 
 def _add_ratios(report: dict) -> None:
@@ -1320,6 +1392,13 @@ def to_markdown(report: dict) -> str:
                if is_measured(stream) else "")
     lines.append(f"| streaming latency p50 / p95, ms{setting} | " + " | ".join(
         lat if n == "engine" else "n/m" for n in impls) + " |")
+    concurrent = stream.get("concurrent") if is_measured(stream) else None
+    if concurrent:
+        tried = [f"{k}: {'kept up' if v['keeps_up'] else 'fell behind'}, p95 {_fmt(v['p95_ms'])} ms"
+                 if is_measured(v) else f"{k}: not measured" for k, v in concurrent["counts"].items()]
+        cell = f"{concurrent['max_streams']} ({'; '.join(tried)})"
+        lines.append("| concurrent real-time streams | " + " | ".join(
+            cell if n == "engine" else "n/m" for n in impls) + " |")
 
     lines += ["", "Speed-ups (time of the baseline / time of the implementation, same figure):", "",
               "| figure | engine vs eager fp32 | engine vs eager bf16 | engine vs torch.compile | "
