@@ -504,13 +504,24 @@ def test_cuda_graph_sampler_matches_eager(tiny_full_weights, sample_image):
     eng = Engine(tiny_full_weights, device="cuda", dtype="float32")
     av = eng.prepare(sample_image)
     audio = noise_audio(1.2, seed=15)
-    motions = []
+    motions, images = [], []
     for graphs in (False, True):
         with eng.stream(av, render=True, cuda_graphs=graphs) as session:
             frames = push_all(session, audio)
             motions.append(torch.stack([f.generated for f in frames]))
+            images.append(torch.from_numpy(np.stack([f.image for f in frames])).double())
+            assert bool(session._render_graphs.calls) == graphs and not session._render_graphs.failed
         assert session._sampler.use_graph == graphs and (session._sampler.graph_replays > 0) == graphs
     assert rel_err(motions[1], motions[0]) < 1e-4
+    assert images[0].shape == images[1].shape and rel_err(images[1], images[0]) < 1e-3
+    # idle frames (blinks) through the captured renderer equal the eager ones
+    idle = []
+    for graphs in (False, True):
+        with eng.stream(av, idle=True, idle_slack_ms=0, blink_period_s=1.0, cuda_graphs=graphs) as session:
+            frames = [session.get(timeout=10) for _ in range(40)]  # a blink at frames 15 to 22
+        assert all(f is not None and f.kind == "idle" for f in frames)
+        idle.append(torch.from_numpy(np.stack([f.image for f in frames])).double())
+    assert rel_err(idle[1], idle[0]) < 1e-3 and (idle[0][15:23] != idle[0][0]).any()
     before = torch.cuda.memory_allocated()
     with eng.stream(av) as session:
         push_all(session, audio)

@@ -49,7 +49,9 @@ Driving parameters. Generated motion is de-normalized with the motion template a
 driving parameters incrementally (`IncrementalDriving`): the same causal moving average of pose, scale and
 translation, relative to the utterance's first generated frame, as `generation.relative_driving` offline.
 
-Renderer. On CUDA the frames of a chunk are rendered on a dedicated stream (an event orders it after the motion)
+Renderer. On CUDA the per-frame path (keypoints, blink offset, stitching, warp, decode) is captured per block size
+as a graph of the session's own, and the frames of a chunk are rendered on a dedicated stream (an event orders it
+after the motion)
 and copied to pinned memory, and the next chunk's features and motion are launched on the compute stream before
 the worker waits for that render, so rendering chunk k overlaps sampling chunk k+1. On the CPU the same code runs
 sequentially.
@@ -138,7 +140,7 @@ class StreamSettings:
     idle: keep a 25 fps clock and fill gaps with idle frames; idle_slack_ms: how far behind the clock before idle
     frames start (default chunk + look-ahead + 200 ms); end_after_ms: with idle, finish an utterance whose audio
     stopped this long ago (None: never). blink_period_s: idle blink period. crossfade_frames: frames of the
-    cross-fade between utterances and idle frames. cuda_graphs: capture the sampler loop on CUDA.
+    cross-fade between utterances and idle frames. cuda_graphs: capture the sampler loop and the renderer on CUDA.
     batch_size: frames rendered per batch (default: the engine's). denoiser_factory: replaces the guided
     transformer, called as (window, audio (1, L, d), prev_motion (1, c, M) or None, prev_audio (1, c, d) or None)
     with the c <= Lp real context frames (tests plug exact predictors of known distributions in here).
@@ -600,6 +602,8 @@ class StreamSession:
         self._batch = s.batch_size or engine.batch_size
         cuda = self.device.type == "cuda"
         self._render_stream = torch.cuda.Stream(self.device) if cuda and s.render else None
+        # the per-frame renderer path, captured per block size (the session's own graphs and buffers)
+        self._render_graphs = GraphCache("streaming renderer", enabled=cuda and s.render and s.cuda_graphs)
         self._rest = {k: getattr(self._source, k).float() for k in PARAM_KEYS}
         self._eye_open = float(self.controls.eye_openness if self.controls.eye_openness is not None
                                else avatar.eye_ratio.float().mean())
@@ -787,6 +791,7 @@ class StreamSession:
         if already:
             return
         self._sampler.release()
+        self._render_graphs.clear()
         self._utt = None
         self._inflight = None
         self._last_shown = self._fade_from = None
@@ -1158,10 +1163,42 @@ class StreamSession:
         if self.device.type != "cuda":
             self._flush_inflight()
 
+    def _frame_fn(self, has_eye: bool, has_lip: bool, has_blink: bool):
+        """(pitch, yaw, roll, exp, t, scale[, eye][, lip][, blink]) of a block of frames -> uint8 frames
+        (B, H, W, 3) on the device: the per-frame renderer path, captured per block size on CUDA."""
+        avatar, src, renderer = self.avatar, self._source, self.engine.renderer
+
+        def frames(pitch, yaw, roll, exp, t, scale, *extra):
+            extra = list(extra)
+            eye = extra.pop(0) if has_eye else None
+            lip = extra.pop(0) if has_lip else None
+            blink = extra.pop(0) if has_blink else None
+            x_d = renderer.driving_keypoints(src, pitch, yaw, roll, exp, t, scale, eye_ratio=eye, lip_ratio=lip,
+                                             source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio,
+                                             stitching=False)
+            b = x_d.shape[0]
+            x_s = src.x_s.expand(b, -1, -1)
+            if blink is not None:
+                # a blink is the eye MLP's offset towards the dipped ratio minus its offset at the open ratio,
+                # so frames with no blink are the rest pose exactly
+                src_eye = avatar.eye_ratio.float().expand(b, 2)
+                open_ratio = torch.full((b, 1), self._eye_open, device=self.device)
+                target = open_ratio * (1 - blink.view(b, 1))
+                mlp = renderer.retarget_eye
+                x_d = x_d + (retarget_delta(mlp, x_s, torch.cat([src_eye, target], 1))
+                             - retarget_delta(mlp, x_s, torch.cat([src_eye, open_ratio], 1)))
+            if self.controls.stitching:
+                x_d = apply_stitching(renderer.stitching, x_s, x_d)
+            mult = self.controls.driving_multiplier
+            if mult != 1.0:
+                x_d = x_s + (x_d - x_s) * mult
+            image = renderer.warp_decode(src.feature_3d, src.x_s, x_d)
+            return (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+        return frames
+
     def _render(self, d, eye, lip, blink):
         """Launch the renderer for a block of frames; returns (uint8 frames tensor on the host, done event)."""
-        engine, avatar, src = self.engine, self.avatar, self._source
-        renderer = engine.renderer
         stream = self._render_stream
         motion_done = None
         if stream is not None:
@@ -1175,33 +1212,19 @@ class StreamSession:
                 for v in list(d.values()) + [x for x in (eye, lip, blink) if x is not None]:
                     v.record_stream(stream)
             n = d["pitch"].shape[0]
+            graphed = self._render_graphs.enabled
             for a in range(0, n, self._batch):
                 sl = slice(a, a + self._batch)
-                x_d = renderer.driving_keypoints(
-                    src, d["pitch"][sl], d["yaw"][sl], d["roll"][sl], d["exp"][sl], d["t"][sl], d["scale"][sl],
-                    eye_ratio=None if eye is None else eye[sl], lip_ratio=None if lip is None else lip[sl],
-                    source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio, stitching=False)
-                b = x_d.shape[0]
-                x_s = src.x_s.expand(b, -1, -1)
-                if blink is not None and bool((blink[sl] > 0).any()):
-                    # a blink is the eye MLP's offset towards the dipped ratio minus its offset at the open ratio,
-                    # so frames with no blink are the rest pose exactly
-                    src_eye = avatar.eye_ratio.float().expand(b, 2)
-                    open_ratio = torch.full((b, 1), self._eye_open, device=self.device)
-                    target = open_ratio * (1 - blink[sl].view(b, 1))
-                    mlp = renderer.retarget_eye
-                    x_d = x_d + (retarget_delta(mlp, x_s, torch.cat([src_eye, target], 1))
-                                 - retarget_delta(mlp, x_s, torch.cat([src_eye, open_ratio], 1)))
-                if self.controls.stitching:
-                    x_d = apply_stitching(renderer.stitching, x_s, x_d)
-                mult = self.controls.driving_multiplier
-                if mult != 1.0:
-                    x_d = x_s + (x_d - x_s) * mult
-                image = renderer.warp_decode(src.feature_3d, src.x_s, x_d)
-                frames = (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+                ratios = [None if eye is None else eye[sl], None if lip is None else lip[sl]]
+                # a captured graph cannot look at the values: there the blink offset is always computed (it is
+                # exactly 0 for frames without a blink); eagerly it is skipped for blocks without one
+                ratios.append(blink[sl] if blink is not None and (graphed or bool((blink[sl] > 0).any())) else None)
+                inputs = [d[k][sl] for k in PARAM_KEYS] + [r for r in ratios if r is not None]
+                key = (inputs[0].shape[0],) + tuple(r is not None for r in ratios)
+                frames = self._render_graphs.run(key, self._frame_fn(*key[1:]), inputs, copy=stream is None)
                 if stream is not None:
                     host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
-                    host.copy_(frames, non_blocking=True)
+                    host.copy_(frames, non_blocking=True)  # on the render stream, before the next replay
                     out.append(host)
                 else:
                     out.append(frames)
