@@ -511,7 +511,8 @@ def test_cuda_graph_sampler_matches_eager(tiny_full_weights, sample_image):
             motions.append(torch.stack([f.generated for f in frames]))
             images.append(torch.from_numpy(np.stack([f.image for f in frames])).double())
             assert bool(session._render_graphs.calls) == graphs and not session._render_graphs.failed
-        assert session._sampler.use_graph == graphs and (session._sampler.graph_replays > 0) == graphs
+            assert ("window" in session._sampler._graphs.calls) == graphs  # captured and replayed
+        assert session._sampler.use_graph == graphs
     assert rel_err(motions[1], motions[0]) < 1e-4
     assert images[0].shape == images[1].shape and rel_err(images[1], images[0]) < 1e-3
     # idle frames (blinks) through the captured renderer equal the eager ones

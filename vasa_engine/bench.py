@@ -266,29 +266,13 @@ def motion_generator_stage(engine, features: torch.Tensor, steps: int, controls=
 
 
 def renderer_stage(engine, avatar, motion) -> StageFn:
-    """One batch of frames: driving keypoints (eye and lip retargeting, stitching), warp, decode, uint8 on the
-    device (the device-to-host copy belongs to the end-to-end figure)."""
-    renderer = engine.renderer
+    """One batch of frames: driving keypoints (eye and lip retargeting, stitching), warp, decode, uint8 (B, 3, S, S)
+    on the device (the device-to-host copy belongs to the end-to-end figure): `Engine.render_on_device`, so the
+    engine's renderer graphs where it has them, else eager."""
     m = motion.to(engine.device)
-    src = avatar.source
-    inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale] + [v for v in (m.eye, m.lip) if v is not None]
-
-    def frames(pitch, yaw, roll, exp, t, scale, *ratios):
-        ratios = list(ratios)
-        eye = ratios.pop(0) if m.eye is not None else None
-        lip = ratios.pop(0) if m.lip is not None else None
-        with use_backend(engine.backend):
-            x_d = renderer.driving_keypoints(src, pitch, yaw, roll, exp, t, scale, eye_ratio=eye, lip_ratio=lip,
-                                             source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio,
-                                             stitching=True)
-            image = renderer.warp_decode(src.feature_3d, src.x_s, x_d)
-        return (image.float().clamp(0, 1) * 255).to(torch.uint8)
-
-    # the engine's renderer graphs (disabled for the other implementations: then this runs eagerly)
-    key = ("bench renderer", len(m), m.eye is not None, m.lip is not None, engine.backend)
 
     def run():
-        return engine.render_graphs.run(key, frames, inputs)
+        return engine.render_on_device(avatar, m).permute(0, 3, 1, 2)
 
     return _no_grad(run)
 

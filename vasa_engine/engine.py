@@ -339,32 +339,37 @@ class Engine:
             raise InputError(f"motion field exp has {motion.exp.shape[1]} keypoints, the renderer has {k}")
         step = batch_size or self.batch_size
         for start in range(0, len(motion), step):
-            m = motion[start : start + step].to(self.device)
-            inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale] + [v for v in (m.eye, m.lip) if v is not None]
-            # the backend is part of the key: a graph replays the kernels it was captured with
-            key = (len(m), stitching, driving_multiplier, m.eye is not None, m.lip is not None, self.backend)
-
-            def frame_fn(pitch, yaw, roll, exp, t, scale, *ratios, eye=m.eye is not None, lip=m.lip is not None):
-                ratios = list(ratios)
-                eye_ratio = ratios.pop(0) if eye else None
-                lip_ratio = ratios.pop(0) if lip else None
-                with use_backend(self.backend):
-                    x_d = self.renderer.driving_keypoints(
-                        source["state"], pitch, yaw, roll, exp, t, scale, eye_ratio=eye_ratio, lip_ratio=lip_ratio,
-                        source_eye_ratio=source["eye"], source_lip_ratio=source["lip"], stitching=stitching,
-                        driving_multiplier=driving_multiplier)
-                    image = self.renderer.warp_decode(source["state"].feature_3d, source["state"].x_s, x_d)
-                # As the reference: clip to [0, 1], scale to 255 and truncate.
-                return (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-            # the graphs' source buffers and outputs are shared: one thread at a time, from the source's copy
-            # until the frames are copied out
-            with self.render_graphs.lock:
-                source = self._render_source(avatar)
-                frames = self.render_graphs.run(key, frame_fn, inputs, copy=True)
+            frames = self.render_on_device(avatar, motion[start : start + step], stitching=stitching,
+                                           driving_multiplier=driving_multiplier)
             if paste_back:
                 frames = self._paste_back(avatar, frames)
             yield frames.cpu().numpy()
+
+    @torch.no_grad()
+    def render_on_device(self, avatar: Avatar, motion: Motion, *, stitching: bool = True,
+                         driving_multiplier: float = 1.0) -> torch.Tensor:
+        """One batch: motion of B frames -> uint8 (B, S, S, 3) frames on the engine's device (keypoints with eye and
+        lip retargeting and stitching, warp, decode), replayed from the renderer's graph for B on CUDA."""
+        m = motion.to(self.device)
+        inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale, m.eye, m.lip]
+        # the backend is part of the key: a graph replays the kernels it was captured with
+        key = (len(m), stitching, driving_multiplier, m.eye is not None, m.lip is not None, self.backend)
+
+        def frame_fn(pitch, yaw, roll, exp, t, scale, eye_ratio, lip_ratio):
+            with use_backend(self.backend):
+                x_d = self.renderer.driving_keypoints(
+                    source["state"], pitch, yaw, roll, exp, t, scale, eye_ratio=eye_ratio, lip_ratio=lip_ratio,
+                    source_eye_ratio=source["eye"], source_lip_ratio=source["lip"], stitching=stitching,
+                    driving_multiplier=driving_multiplier)
+                image = self.renderer.warp_decode(source["state"].feature_3d, source["state"].x_s, x_d)
+            # As the reference: clip to [0, 1], scale to 255 and truncate.
+            return (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+        # the graphs' source buffers and outputs are shared: one thread at a time, from the source's copy until
+        # the frames are copied out
+        with self.render_graphs.lock:
+            source = self._render_source(avatar)
+            return self.render_graphs.run(key, frame_fn, inputs, copy=True)
 
     def _render_source(self, avatar: Avatar) -> dict:
         """The avatar's tensors the per-frame path reads. With CUDA graphs they are copied into buffers of fixed

@@ -17,8 +17,6 @@ import torch
 
 log = logging.getLogger("vasa_engine")
 
-Tensors = Sequence[torch.Tensor]
-
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
@@ -27,13 +25,14 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
 class CapturedCall:
     """`fn(*inputs) -> tensor or tuple of tensors`, captured for inputs shaped like `example`.
 
-    Warm-up runs on a side stream first (library autotuning and Triton compilation must not happen inside the
-    capture), then one capture into a private memory pool.
+    An input may be None (an optional argument left out); it must then be None at every call, so a cache's key
+    should say which inputs are present. Warm-up runs on a side stream first (library autotuning and Triton
+    compilation must not happen inside the capture), then one capture into a private memory pool.
     """
 
-    def __init__(self, fn: Callable, example: Tensors, warmup: int = 2, pool=None):
+    def __init__(self, fn: Callable, example: Sequence[torch.Tensor | None], warmup: int = 2, pool=None):
         self.fn = fn
-        self.static_inputs = [t.detach().clone() for t in example]
+        self.static_inputs = [None if t is None else t.detach().clone() for t in example]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
@@ -56,6 +55,10 @@ class CapturedCall:
         if len(inputs) != len(self.static_inputs):
             raise ValueError(f"captured call takes {len(self.static_inputs)} inputs, got {len(inputs)}")
         for dst, src in zip(self.static_inputs, inputs):
+            if (dst is None) != (src is None):
+                raise ValueError(f"captured with input {'absent' if dst is None else 'present'}, got the other")
+            if dst is None:
+                continue
             if dst.shape != src.shape:
                 raise ValueError(f"captured for shape {tuple(dst.shape)}, got {tuple(src.shape)}")
             dst.copy_(src, non_blocking=True)
@@ -78,10 +81,10 @@ class GraphCache:
         self._pool = None
         self.lock = threading.RLock()
 
-    def run(self, key: Hashable, fn: Callable, inputs: Tensors, copy: bool = False):
+    def run(self, key: Hashable, fn: Callable, inputs: Sequence[torch.Tensor | None], copy: bool = False):
         """fn(*inputs), replayed from a graph where one is (or can be) captured. copy: return a copy of a replayed
         output, taken under the lock (an eager result is returned as it is)."""
-        usable = self.enabled and all(t.is_cuda for t in inputs) and key not in self.failed
+        usable = self.enabled and all(t.is_cuda for t in inputs if t is not None) and key not in self.failed
         if not usable:
             return fn(*inputs)
         with self.lock:
@@ -90,7 +93,7 @@ class GraphCache:
                 out = tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
             return out
 
-    def _replay(self, key: Hashable, fn: Callable, inputs: Tensors):
+    def _replay(self, key: Hashable, fn: Callable, inputs: Sequence[torch.Tensor | None]):
         call = self.calls.get(key)
         if call is None:
             try:

@@ -396,7 +396,6 @@ class WindowSampler:
         self._graphs = GraphCache("streaming sampler", enabled=(cuda_graphs and device.type == "cuda"
                                                                 and denoiser_factory is None
                                                                 and controls.sampler != "ddpm"))
-        self.graph_replays = 0
 
     @property
     def use_graph(self) -> bool:
@@ -444,9 +443,7 @@ class WindowSampler:
                                  ddpm_generator=self.ddpm_gen, schedule=self.schedule)
         prev_m, prev_a = self.full_context(ctx_motion, ctx_audio)
         if self.use_graph:
-            out = self._graphs.run("window", self._window, [audio, prev_m, prev_a, x_T], copy=True)
-            self.graph_replays += "window" in self._graphs.calls
-            return out
+            return self._graphs.run("window", self._window, [audio, prev_m, prev_a, x_T], copy=True)
         return sample_window(self.model, audio, prev_m, prev_a, self.controls, x_T,
                              conditions=self.conditions, ddpm_generator=self.ddpm_gen, schedule=self.schedule)
 
@@ -1163,39 +1160,31 @@ class StreamSession:
         if self.device.type != "cuda":
             self._flush_inflight()
 
-    def _frame_fn(self, has_eye: bool, has_lip: bool, has_blink: bool):
-        """(pitch, yaw, roll, exp, t, scale[, eye][, lip][, blink]) of a block of frames -> uint8 frames
-        (B, H, W, 3) on the device: the per-frame renderer path, captured per block size on CUDA."""
+    def _frames(self, pitch, yaw, roll, exp, t, scale, eye, lip, blink):
+        """A block of frames' driving parameters (eye, lip and blink each optional) -> uint8 frames (B, H, W, 3) on
+        the device: the per-frame renderer path, captured per block size on CUDA."""
         avatar, src, renderer = self.avatar, self._source, self.engine.renderer
-
-        def frames(pitch, yaw, roll, exp, t, scale, *extra):
-            extra = list(extra)
-            eye = extra.pop(0) if has_eye else None
-            lip = extra.pop(0) if has_lip else None
-            blink = extra.pop(0) if has_blink else None
-            x_d = renderer.driving_keypoints(src, pitch, yaw, roll, exp, t, scale, eye_ratio=eye, lip_ratio=lip,
-                                             source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio,
-                                             stitching=False)
-            b = x_d.shape[0]
-            x_s = src.x_s.expand(b, -1, -1)
-            if blink is not None:
-                # a blink is the eye MLP's offset towards the dipped ratio minus its offset at the open ratio,
-                # so frames with no blink are the rest pose exactly
-                src_eye = avatar.eye_ratio.float().expand(b, 2)
-                open_ratio = torch.full((b, 1), self._eye_open, device=self.device)
-                target = open_ratio * (1 - blink.view(b, 1))
-                mlp = renderer.retarget_eye
-                x_d = x_d + (retarget_delta(mlp, x_s, torch.cat([src_eye, target], 1))
-                             - retarget_delta(mlp, x_s, torch.cat([src_eye, open_ratio], 1)))
-            if self.controls.stitching:
-                x_d = apply_stitching(renderer.stitching, x_s, x_d)
-            mult = self.controls.driving_multiplier
-            if mult != 1.0:
-                x_d = x_s + (x_d - x_s) * mult
-            image = renderer.warp_decode(src.feature_3d, src.x_s, x_d)
-            return (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-        return frames
+        x_d = renderer.driving_keypoints(src, pitch, yaw, roll, exp, t, scale, eye_ratio=eye, lip_ratio=lip,
+                                         source_eye_ratio=avatar.eye_ratio, source_lip_ratio=avatar.lip_ratio,
+                                         stitching=False)
+        b = x_d.shape[0]
+        x_s = src.x_s.expand(b, -1, -1)
+        if blink is not None:
+            # a blink is the eye MLP's offset towards the dipped ratio minus its offset at the open ratio,
+            # so frames with no blink are the rest pose exactly
+            src_eye = avatar.eye_ratio.float().expand(b, 2)
+            open_ratio = torch.full((b, 1), self._eye_open, device=self.device)
+            target = open_ratio * (1 - blink.view(b, 1))
+            mlp = renderer.retarget_eye
+            x_d = x_d + (retarget_delta(mlp, x_s, torch.cat([src_eye, target], 1))
+                         - retarget_delta(mlp, x_s, torch.cat([src_eye, open_ratio], 1)))
+        if self.controls.stitching:
+            x_d = apply_stitching(renderer.stitching, x_s, x_d)
+        mult = self.controls.driving_multiplier
+        if mult != 1.0:
+            x_d = x_s + (x_d - x_s) * mult
+        image = renderer.warp_decode(src.feature_3d, src.x_s, x_d)
+        return (image.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
 
     def _render(self, d, eye, lip, blink):
         """Launch the renderer for a block of frames; returns (uint8 frames tensor on the host, done event)."""
@@ -1219,9 +1208,9 @@ class StreamSession:
                 # a captured graph cannot look at the values: there the blink offset is always computed (it is
                 # exactly 0 for frames without a blink); eagerly it is skipped for blocks without one
                 ratios.append(blink[sl] if blink is not None and (graphed or bool((blink[sl] > 0).any())) else None)
-                inputs = [d[k][sl] for k in PARAM_KEYS] + [r for r in ratios if r is not None]
+                inputs = [d[k][sl] for k in PARAM_KEYS] + ratios
                 key = (inputs[0].shape[0],) + tuple(r is not None for r in ratios)
-                frames = self._render_graphs.run(key, self._frame_fn(*key[1:]), inputs, copy=stream is None)
+                frames = self._render_graphs.run(key, self._frames, inputs, copy=stream is None)
                 if stream is not None:
                     host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
                     host.copy_(frames, non_blocking=True)  # on the render stream, before the next replay
