@@ -14,7 +14,7 @@ Per output voxel v (coordinate g_v from the grid) and motion k = 0..K:
              coordinate = g_v + (x_s[k] - x_d[k])
     out[b, k*(C+1)]           = heat
     out[b, k*(C+1) + 1 + c]   = trilinear sample of channel c at the coordinate (zeros padding, align_corners
-                                False: `kernels.grid_sample._axis`, the same math as the grid-sample kernel)
+                                False: `kernels.grid_sample._trilinear`, the grid-sample kernel's own sampling)
 
 in fp32, written in the volume's dtype. The sums of squares run in the reference's order ((dx^2 + dy^2) + dz^2).
 
@@ -34,16 +34,10 @@ import triton.language as tl
 from vasa_engine import ops
 from vasa_engine.errors import InputError
 
-from .grid_sample import _axis
+from .grid_sample import _trilinear
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
-
-
-@triton.jit
-def _corner(base, r, x, ok, w, cols, cmask, C: tl.constexpr):
-    v = tl.load(base + ((r + x) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    return v.to(tl.float32) * w[:, None]
 
 
 @triton.jit
@@ -92,24 +86,7 @@ def _dense_motion_input_fwd(FEAT, GRID, KPD, KPS, OUT,
         heat = (tl.exp(NEG_HALF_INV_VAR * (ex * ex + ey * ey + ez * ez))
                 - tl.exp(NEG_HALF_INV_VAR * (fx * fx + fy * fy + fz * fz)))
 
-        x0, x1, wx0, wx1, okx0, okx1 = _axis(gx + sx, IW, False, False)
-        y0, y1, wy0, wy1, oky0, oky1 = _axis(gy + sy, IH, False, False)
-        z0, z1, wz0, wz1, okz0, okz1 = _axis(gz + sz, ID, False, False)
-        okx0 = okx0 & v_ok
-        okx1 = okx1 & v_ok
-        r00 = (z0 * IH + y0) * IW
-        r01 = (z0 * IH + y1) * IW
-        r10 = (z1 * IH + y0) * IW
-        r11 = (z1 * IH + y1) * IW
-        # corner order as torch's: (z0, y0, x0), (z0, y0, x1), (z0, y1, x0), (z0, y1, x1), then z1
-        acc = _corner(base, r00, x0, okx0 & oky0 & okz0, wx0 * wy0 * wz0, cols, cmask, C)
-        acc += _corner(base, r00, x1, okx1 & oky0 & okz0, wx1 * wy0 * wz0, cols, cmask, C)
-        acc += _corner(base, r01, x0, okx0 & oky1 & okz0, wx0 * wy1 * wz0, cols, cmask, C)
-        acc += _corner(base, r01, x1, okx1 & oky1 & okz0, wx1 * wy1 * wz0, cols, cmask, C)
-        acc += _corner(base, r10, x0, okx0 & oky0 & okz1, wx0 * wy0 * wz1, cols, cmask, C)
-        acc += _corner(base, r10, x1, okx1 & oky0 & okz1, wx1 * wy0 * wz1, cols, cmask, C)
-        acc += _corner(base, r11, x0, okx0 & oky1 & okz1, wx0 * wy1 * wz1, cols, cmask, C)
-        acc += _corner(base, r11, x1, okx1 & oky1 & okz1, wx1 * wy1 * wz1, cols, cmask, C)
+        acc = _trilinear(base, gx + sx, gy + sy, gz + sz, v_ok, ID, IH, IW, cols, cmask, C, False, False)
 
         plane = out_b + (k * (C + 1)) * SPATIAL
         tl.store(plane + offs_v, heat.to(OUT.dtype.element_ty), mask=v_ok)

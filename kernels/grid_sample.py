@@ -75,6 +75,41 @@ def _axis(g, size, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr):
 
 
 @triton.jit
+def _corner(base, r, x, ok, w, cols, cmask, C: tl.constexpr):
+    """One corner's weighted contribution, (BLOCK_V, BLOCK_C) fp32: the C channels of voxel r + x (channels-last,
+    a vector load each), times its weight w; 0 where `ok` is false."""
+    v = tl.load(base + ((r + x) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
+    return v.to(tl.float32) * w[:, None]
+
+
+@triton.jit
+def _trilinear(base, gx, gy, gz, v_ok, ID, IH, IW, cols, cmask,
+               C: tl.constexpr, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr):
+    """(BLOCK_V, BLOCK_C) fp32: the channels-last volume at `base` (a pointer, or one a voxel) sampled trilinearly at
+    grid coordinates (gx, gy, gz), torch's math and corner order; rows where v_ok is false are 0."""
+    x0, x1, wx0, wx1, okx0, okx1 = _axis(gx, IW, ALIGN_CORNERS, BORDER)
+    y0, y1, wy0, wy1, oky0, oky1 = _axis(gy, IH, ALIGN_CORNERS, BORDER)
+    z0, z1, wz0, wz1, okz0, okz1 = _axis(gz, ID, ALIGN_CORNERS, BORDER)
+    okx0 = okx0 & v_ok
+    okx1 = okx1 & v_ok
+    # Voxel offsets (in voxels; times C in _corner) of the two z-planes and two y-rows.
+    r00 = (z0 * IH + y0) * IW
+    r01 = (z0 * IH + y1) * IW
+    r10 = (z1 * IH + y0) * IW
+    r11 = (z1 * IH + y1) * IW
+    # Corner order as torch's: (z0, y0, x0), (z0, y0, x1), (z0, y1, x0), (z0, y1, x1), then z1.
+    acc = _corner(base, r00, x0, okx0 & oky0 & okz0, wx0 * wy0 * wz0, cols, cmask, C)
+    acc += _corner(base, r00, x1, okx1 & oky0 & okz0, wx1 * wy0 * wz0, cols, cmask, C)
+    acc += _corner(base, r01, x0, okx0 & oky1 & okz0, wx0 * wy1 * wz0, cols, cmask, C)
+    acc += _corner(base, r01, x1, okx1 & oky1 & okz0, wx1 * wy1 * wz0, cols, cmask, C)
+    acc += _corner(base, r10, x0, okx0 & oky0 & okz1, wx0 * wy0 * wz1, cols, cmask, C)
+    acc += _corner(base, r10, x1, okx1 & oky0 & okz1, wx1 * wy0 * wz1, cols, cmask, C)
+    acc += _corner(base, r11, x0, okx0 & oky1 & okz1, wx0 * wy1 * wz1, cols, cmask, C)
+    acc += _corner(base, r11, x1, okx1 & oky1 & okz1, wx1 * wy1 * wz1, cols, cmask, C)
+    return acc
+
+
+@triton.jit
 def _grid_sample_3d_fwd(VOL, GRID, OUT,
                         N, OUT_SPATIAL, ID, IH, IW,
                         C: tl.constexpr, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr,
@@ -90,57 +125,11 @@ def _grid_sample_3d_fwd(VOL, GRID, OUT,
     gy = tl.load(g_ptr + 1, mask=v_ok, other=0.0)
     gz = tl.load(g_ptr + 2, mask=v_ok, other=0.0)
 
-    x0, x1, wx0, wx1, okx0, okx1 = _axis(gx, IW, ALIGN_CORNERS, BORDER)
-    y0, y1, wy0, wy1, oky0, oky1 = _axis(gy, IH, ALIGN_CORNERS, BORDER)
-    z0, z1, wz0, wz1, okz0, okz1 = _axis(gz, ID, ALIGN_CORNERS, BORDER)
-    okx0 = okx0 & v_ok
-    okx1 = okx1 & v_ok
-
     b = offs_v // OUT_SPATIAL
     base = VOL + (b.to(tl.int64) * (ID * IH * IW * C))[:, None]
     cols = offs_c[None, :]
     cmask = c_ok[None, :]
-
-    # Voxel offsets (in voxels; times C below) of the two z-planes and two y-rows.
-    r00 = (z0 * IH + y0) * IW
-    r01 = (z0 * IH + y1) * IW
-    r10 = (z1 * IH + y0) * IW
-    r11 = (z1 * IH + y1) * IW
-
-    acc = tl.zeros((BLOCK_V, BLOCK_C), dtype=tl.float32)
-    # Corner order as torch's: (z0, y0, x0), (z0, y0, x1), (z0, y1, x0), (z0, y1, x1), then z1.
-    w = wx0 * wy0 * wz0
-    ok = okx0 & oky0 & okz0
-    v = tl.load(base + ((r00 + x0) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
-    w = wx1 * wy0 * wz0
-    ok = okx1 & oky0 & okz0
-    v = tl.load(base + ((r00 + x1) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
-    w = wx0 * wy1 * wz0
-    ok = okx0 & oky1 & okz0
-    v = tl.load(base + ((r01 + x0) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
-    w = wx1 * wy1 * wz0
-    ok = okx1 & oky1 & okz0
-    v = tl.load(base + ((r01 + x1) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
-    w = wx0 * wy0 * wz1
-    ok = okx0 & oky0 & okz1
-    v = tl.load(base + ((r10 + x0) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
-    w = wx1 * wy0 * wz1
-    ok = okx1 & oky0 & okz1
-    v = tl.load(base + ((r10 + x1) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
-    w = wx0 * wy1 * wz1
-    ok = okx0 & oky1 & okz1
-    v = tl.load(base + ((r11 + x0) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
-    w = wx1 * wy1 * wz1
-    ok = okx1 & oky1 & okz1
-    v = tl.load(base + ((r11 + x1) * C)[:, None] + cols, mask=ok[:, None] & cmask, other=0.0)
-    acc += v.to(tl.float32) * w[:, None]
+    acc = _trilinear(base, gx, gy, gz, v_ok, ID, IH, IW, cols, cmask, C, ALIGN_CORNERS, BORDER)
 
     o_ptr = OUT + offs_v.to(tl.int64)[:, None] * C + cols
     tl.store(o_ptr, acc.to(OUT.dtype.element_ty), mask=v_ok[:, None] & cmask)
