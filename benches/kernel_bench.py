@@ -14,6 +14,7 @@ kernel table of its report.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -56,6 +57,12 @@ def synced(fn):
     return run
 
 
+@functools.cache
+def commit() -> str:
+    """The checkout's commit, read once per run (every case records it)."""
+    return bench.git_commit()["commit"]
+
+
 def device_peak(work: str, dtype: torch.dtype) -> tuple[str, float | None, str]:
     """(device name, peak in FLOP/s or bytes/s, source). work: "flops" (the dtype's dense peak; float32 without
     tensor cores, as the kernels use IEEE products) or "bytes" (memory bandwidth)."""
@@ -84,7 +91,7 @@ def record(benchmark, calls: dict, *, work: str, amount: float, dtype: torch.dty
     rate_unit = "tflops" if work == "flops" else "GBps"
     scale = 1e12 if work == "flops" else 1e9
     info.update(device=name, dtype=str(dtype).replace("torch.", ""), work=work, amount=amount, peak_per_s=peak,
-                peak_source=source, commit=bench.git_commit()["commit"])
+                peak_source=source, commit=commit())
     for impl, (med, lo, hi) in times.items():
         per_s = amount / (med * 1e-3)
         info[f"{impl}_ms"] = med
