@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from conftest import DATA, rel_err, require_parity_dir
 from vasa_engine.audio_features import (
-    AudioFeatureEncoder, audio_config_from_state, clip_layout, clip_windows, features_25fps, hf_body_state,
-    joyvasa_hidden, load_hf_audio_encoder, pad_audio, resample_time)
+    AudioFeatureEncoder, clip_layout, clip_windows, features_25fps, joyvasa_hidden, pad_audio, resample_time)
+from vasa_engine.checkpoints import (
+    audio_config_from_state, audio_feature_encoder_from_state, hf_body_state, load_hf_audio_encoder)
 from vasa_engine.compat import run_fixture
 from vasa_engine.errors import CheckpointError, InputError
 from vasa_engine.models.audio_encoder import AudioEncoder, AudioEncoderConfig
@@ -166,12 +167,12 @@ def test_config_from_state_roundtrip():
     assert not small.masked_spec_embed and "masked_spec_embed" not in state
 
 
-def test_joyvasa_module_from_state_dict():
+def test_joyvasa_module_from_state():
     cfg = AudioEncoderConfig.from_hf_config(dict(SMALL, num_attention_heads=1))  # 48 / 64 -> 1 head inferred
     torch.manual_seed(41)
     src = AudioFeatureEncoder(cfg, feature_dim=20).eval()
     state = {k.replace("parametrizations.weight.original1", "weight_v"): v for k, v in src.state_dict().items()}
-    module = AudioFeatureEncoder.from_state_dict(state)
+    module = audio_feature_encoder_from_state(state)
     assert module.audio_encoder.cfg == cfg and module.feature_dim == 20
     audio = torch.randn(1, 3 * 640, generator=torch.Generator().manual_seed(42)) * 0.3
     with torch.no_grad():
@@ -180,7 +181,7 @@ def test_joyvasa_module_from_state_dict():
     assert out.shape == (1, 3, 20) and rel_err(out, ref) <= TOL
     del state["audio_feature_map.bias"]
     with pytest.raises(CheckpointError, match="missing.*audio_feature_map.bias"):
-        AudioFeatureEncoder.from_state_dict(state)
+        audio_feature_encoder_from_state(state)
 
 
 # ---------------------------------------------------------------- loading errors

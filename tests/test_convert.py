@@ -8,8 +8,8 @@ import torch
 
 from conftest import rel_err
 from vasa_engine import Engine
+from vasa_engine.checkpoints import LIVEPORTRAIT_RETARGET_FILE, convert_liveportrait
 from vasa_engine.config import RendererConfig
-from vasa_engine.convert import LIVEPORTRAIT_RETARGET_FILE, convert_liveportrait
 from vasa_engine.errors import CheckpointError, InputError
 from vasa_engine.models.renderer import IMAGE_MODULES, RETARGET_CHECKPOINT_NAMES
 from vasa_engine.motion_script import scripted_motion

@@ -21,10 +21,12 @@ import torch
 from conftest import REPO, tiny_audio_config, tiny_motion_config
 from vasa_engine import Engine, cli, hub
 from vasa_engine.audio_features import AudioFeatureEncoder
+from vasa_engine.checkpoints import (
+    INSIGHTFACE_LICENCE, LIVEPORTRAIT_FILES, LIVEPORTRAIT_RETARGET_FILE, TEMPLATE_KEYS)
 from vasa_engine.config import RendererConfig
-from vasa_engine.convert import LIVEPORTRAIT_RETARGET_FILE, TEMPLATE_KEYS
 from vasa_engine.errors import CheckpointError, InputError
 from vasa_engine.generation import Controls, generate_windows
+from vasa_engine.hub import catalogue
 from vasa_engine.models.audio_encoder import AudioEncoder
 from vasa_engine.models.motion_generator import MotionGenerator
 from vasa_engine.models.renderer import IMAGE_MODULES, RETARGET_CHECKPOINT_NAMES
@@ -182,7 +184,7 @@ def fake_hub(monkeypatch, public_set) -> FakeHub:
 
 @pytest.fixture
 def synthetic_manifest(monkeypatch):
-    monkeypatch.setattr(hub, "MANIFEST", SYNTHETIC_MANIFEST)
+    monkeypatch.setattr(catalogue, "MANIFEST", SYNTHETIC_MANIFEST)
 
 
 def _fill_cache(cache: pathlib.Path, public_set: PublicSet, groups=hub.GROUPS) -> None:
@@ -289,7 +291,7 @@ def test_licence_prompt(tmp_path, fake_hub, synthetic_manifest, monkeypatch, cap
     out = capsys.readouterr().out
     for name in ("det_10g.onnx", "2d106det.onnx"):
         assert (f"KwaiVGI/LivePortrait/insightface/models/buffalo_l/{name} is licensed for non-commercial use "
-                f"only ({hub.INSIGHTFACE_MODELS}). Download it? [y/N]") in out
+                f"only ({INSIGHTFACE_LICENCE}). Download it? [y/N]") in out
     assert "skipped (licence not confirmed): det_10g.onnx, 2d106det.onnx" in out
     assert fake_hub.calls == ["KwaiVGI/LivePortrait/liveportrait/landmark.onnx"]  # MIT: no question
     assert hub.faces_folder(cache) is None
@@ -328,8 +330,6 @@ def test_manifest():
     asking = {f.path.rsplit("/", 1)[-1] for f in hub.MANIFEST if f.needs_confirmation}
     assert asking == {"det_10g.onnx", "2d106det.onnx"}
     lp = sorted(f.path for f in hub.MANIFEST if f.group == "liveportrait")
-    from vasa_engine.convert import LIVEPORTRAIT_FILES
-
     assert lp == sorted([f"liveportrait/{p}" for p in LIVEPORTRAIT_FILES.values()]
                         + [f"liveportrait/{LIVEPORTRAIT_RETARGET_FILE}"])
 
@@ -435,7 +435,7 @@ def test_wrong_model_and_truncated_files_at_reduced_size(tmp_path, public_set):
 
 def test_an_interrupted_conversion_leaves_nothing(tmp_path, public_set, monkeypatch):
     """The conversion dies after writing the weights but before the .json: the engine folder stays clean."""
-    import vasa_engine.convert as convert
+    from vasa_engine.checkpoints import liveportrait
     from vasa_engine.weights import save_weights
 
     def dies_half_way(path, tensors, components):
@@ -445,7 +445,7 @@ def test_an_interrupted_conversion_leaves_nothing(tmp_path, public_set, monkeypa
 
     cache = tmp_path / "cache"
     _fill_cache(cache, public_set, ["liveportrait"])
-    monkeypatch.setattr(convert, "save_weights", dies_half_way)
+    monkeypatch.setattr(liveportrait, "save_weights", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         hub.check_and_convert(cache, ["liveportrait"], renderer_config=RendererConfig.tiny(),
                               manifest=SYNTHETIC_MANIFEST)

@@ -14,7 +14,7 @@ from conftest import tiny_audio_config, tiny_motion_config
 from test_cli import _assert_clean_failure, run
 from vasa_engine import CheckpointError, Engine
 from vasa_engine.audio_features import AudioFeatureEncoder
-from vasa_engine.convert import TEMPLATE_KEYS, convert_joyvasa
+from vasa_engine.checkpoints import TEMPLATE_KEYS, convert_joyvasa
 from vasa_engine.generation import Controls, MotionTemplate, generate_windows
 from vasa_engine.models.motion_generator import MotionGenerator
 from vasa_engine.weights import seeded

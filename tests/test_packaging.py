@@ -106,6 +106,8 @@ def test_wheel_contents(tmp_path):
     assert len(wheels) == 1, proc.stdout[-2000:]
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "vasa_engine/kernels/__init__.py" in names
+    packages = {p.relative_to(REPO).as_posix() for p in (REPO / "vasa_engine").rglob("__init__.py")}
+    assert packages <= set(names), f"packages missing from the wheel: {sorted(packages - set(names))}"
     assert not any(n.startswith("kernels/") for n in names), "top-level kernels/ in the wheel"
     assert any(n.startswith("vasa_engine/assets/") for n in names)
     assert any(n.startswith("vasa_engine/_C.") for n in names), "CPU extension missing from the wheel"

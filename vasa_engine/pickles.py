@@ -46,7 +46,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -60,9 +61,9 @@ def load_plain_pickle(path: str | os.PathLike):
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"pickle holds objects this loader does not admit ({_first_line(exc)}): {path}")
+        raise CheckpointError(f"pickle holds objects this loader does not admit ({first_line(exc)}): {path}")
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise CheckpointError(f"cannot read pickle, truncated or corrupt ({_first_line(exc)}): {path}")
+        raise CheckpointError(f"cannot read pickle, truncated or corrupt ({first_line(exc)}): {path}")
 
 
 def load_torch_checkpoint(path: str | os.PathLike, allow_namespace: bool = False):
@@ -79,7 +80,7 @@ def load_torch_checkpoint(path: str | os.PathLike, allow_namespace: bool = False
         with torch.serialization.safe_globals(extra):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"checkpoint holds objects other than tensors and containers ({_first_line(exc)}): "
+        raise CheckpointError(f"checkpoint holds objects other than tensors and containers ({first_line(exc)}): "
                               f"{path}")
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"cannot read checkpoint, truncated or not a PyTorch file ({_first_line(exc)}): {path}")
+        raise CheckpointError(f"cannot read checkpoint, truncated or not a PyTorch file ({first_line(exc)}): {path}")
