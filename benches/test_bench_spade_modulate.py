@@ -3,8 +3,8 @@
 
     pytest benches/test_bench_spade_modulate.py --benchmark-only     # needs a CUDA device; skips without one
 
-Shapes (B, C, H, W): C, H, W in (512, 64, 64), (512, 128, 128), (256, 128, 128), (256, 256, 256), (64, 256, 256)
-at B = 1 and 8, NCHW and channels-last, LeakyReLU 0.2 (the norm_0 / norm_1 calls).
+Shapes: every SPADE input (B, C, H, W) of the decoder (vasa_engine.kernel_shapes.spade_cases), NCHW and
+channels-last, LeakyReLU 0.2 (the norm_0 / norm_1 calls).
 
 Each case records the figures of kernel_bench.record and the kernel's launch plan. Bytes moved: x, gamma, beta
 read and the output written once (4 passes), plus x read again by the split plan (5 passes).
@@ -24,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernel_bench import DTYPES, record, require_cuda  # noqa: E402
 from test_kernel_spade_modulate import pytorch_spade  # noqa: E402
 from vasa_engine import backend, ops  # noqa: E402
-
-SHAPES = [(b, c, h, w) for c, h, w in ((512, 64, 64), (512, 128, 128), (256, 128, 128), (256, 256, 256),
-                                        (64, 256, 256)) for b in (1, 8)]
+from vasa_engine.kernel_shapes import spade_cases  # noqa: E402
 
 
 def kernel(x, gamma, beta):
@@ -36,10 +34,12 @@ def kernel(x, gamma, beta):
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_spade_modulate(benchmark, shape, dtype, layout):
+@pytest.mark.parametrize("case", spade_cases(), ids=lambda c: c.name)
+def test_spade_modulate(benchmark, case, dtype, layout):
     require_cuda()
     from vasa_engine.kernels.spade_modulate import plan
+
+    shape = case.shape
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -50,7 +50,7 @@ def test_spade_modulate(benchmark, shape, dtype, layout):
         "reference": lambda: ops.spade_modulate_reference(x, gamma, beta, 0.2),
         "torch": lambda: pytorch_spade(x, gamma, beta, 0.2),
     }
-    cfg = plan(tuple(shape), layout == "channels_last")
+    cfg = plan(shape, layout == "channels_last")
     passes = 4 if cfg["kind"] == "one_tile" else 5
     record(benchmark, calls, work="bytes", amount=passes * x.numel() * x.element_size(), dtype=dtype, rounds=10,
-           shape=tuple(shape), layout=layout, plan=cfg)
+           shape=shape, layout=layout, plan=cfg)

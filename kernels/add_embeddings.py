@@ -78,10 +78,13 @@ _TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32:
 
 
 def aot_specs() -> list[dict]:
-    """Compile specs at the motion transformer's widths (512: VASA-1 size, 256: JoyVASA), N = Lp + L = 125 token
-    rows a window, every tensor in the model's dtype."""
+    """Compile specs at the motion transformer's widths (`vasa_engine.kernel_shapes`), every tensor in the model's
+    dtype."""
+    from vasa_engine.kernel_shapes import add_embeddings_cases, distinct
+
     specs = []
-    for width in (512, 256):
+    for case in distinct(add_embeddings_cases(), "width"):
+        width = case.width
         cfg = block_config(width)
         for dtype, ptr in _TRITON_TYPES.items():
             signature = {"X": ptr, "P": ptr, "C": ptr, "Y": ptr}
@@ -92,7 +95,6 @@ def aot_specs() -> list[dict]:
                 name=f"add_embeddings_d{width}_{ptr[1:]}", kernel=_add_embeddings_fwd, signature=signature,
                 constexprs=dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"]),
                 num_warps=cfg["num_warps"], num_stages=1,
-                shapes=f"motion transformer input embeddings, width {width}, B = branches x windows, N = 125; "
-                       f"{ptr[1:]}",
+                shapes=f"{case.what}; {ptr[1:]}",
             ))
     return specs

@@ -123,18 +123,16 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
 _TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 _ELEMENT_SIZE = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4}
 
-REAL_WIDTHS = (
-    (512, "motion transformer post-norms, width 512 (VASA-1 size); rows = branches x windows x 125"),
-    (256, "motion transformer post-norms, JoyVASA width 256; rows = branches x windows x 125"),
-    (768, "audio encoder post-norms (HuBERT / wav2vec2 base, width 768); rows = clips x 200"),
-)
-
 
 def aot_specs() -> list[dict]:
-    """Compile specs at the engine's real widths, fp16, bf16 and fp32 activations with fp32 norm parameters
-    (and with parameters in the activations' dtype, as in a model cast whole to fp16 / bf16)."""
+    """Compile specs at the engine's real widths (`vasa_engine.kernel_shapes`), fp16, bf16 and fp32 activations
+    with fp32 norm parameters (and with parameters in the activations' dtype, as in a model cast whole to fp16 /
+    bf16)."""
+    from vasa_engine.kernel_shapes import add_layer_norm_cases, distinct
+
     specs = []
-    for width, what in REAL_WIDTHS:
+    for case in distinct(add_layer_norm_cases(), "width"):
+        width = case.width
         cfg = block_config(width)
         for dtype, ptr in _TRITON_TYPES.items():
             for param in sorted({ptr, "*fp32"}):
@@ -148,6 +146,6 @@ def aot_specs() -> list[dict]:
                     constexprs=dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], HAS_BIAS=True,
                                     ALIGN=16 // _ELEMENT_SIZE[dtype]),
                     num_warps=cfg["num_warps"], num_stages=1,
-                    shapes=f"{what}; {ptr[1:]} activations, {param[1:]} weight and bias",
+                    shapes=f"{case.what}; {ptr[1:]} activations, {param[1:]} weight and bias",
                 ))
     return specs

@@ -211,21 +211,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 _TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
-# The engine's real attention shapes: (what, Dh, N, has padding mask).
-REAL_SHAPES = (
-    ("motion transformer self-attention, width 512 (8 heads), N = Lp + L = 125, B = branches x windows", 64, 125,
-     False),
-    ("motion transformer self-attention, JoyVASA width 256 (8 heads), N = 125", 32, 125, False),
-    ("audio encoder self-attention (HuBERT / wav2vec2 base, 12 heads), N = 200 (4 s at 50 Hz), padded clips",
-     64, 200, True),
-    ("audio encoder self-attention, all clips full length (no padding mask), N = 200", 64, 200, False),
-)
-
 
 def aot_specs() -> list[dict]:
-    """Compile specs of the kernel at the engine's real shapes, for fp16, bf16 and fp32 inputs."""
+    """Compile specs of the kernel at the engine's real shapes (`vasa_engine.kernel_shapes`: one per head size,
+    length and masking), for fp16, bf16 and fp32 inputs."""
+    from vasa_engine.kernel_shapes import attention_cases, distinct
+
     specs = []
-    for what, dh, n, has_pad in REAL_SHAPES:
+    for case in distinct(attention_cases(), "head_dim", "tokens", "padded"):
+        dh, n, has_pad = case.head_dim, case.tokens, case.padded
         for dtype, ptr in _TRITON_TYPES.items():
             cfg = block_config(dh, dtype, has_pad)
             signature = {name: ptr for name in ("Q", "K", "V", "O")}
@@ -243,7 +237,7 @@ def aot_specs() -> list[dict]:
                 name=f"attention_d{dh}_n{n}{'_pad' if has_pad else ''}_{ptr[1:]}",
                 kernel=_attention_fwd, signature=signature, constexprs=constexprs,
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                shapes=f"{what}; Dh = {dh}, {ptr[1:]}",
+                shapes=f"{case.what}; Dh = {dh}, {ptr[1:]}",
                 expect_hgmma=dtype != torch.float32,  # fp16 / bf16 tiles are wgmma-sized on sm_90a
             ))
     return specs

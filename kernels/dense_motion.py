@@ -142,21 +142,25 @@ def dense_motion_input(feature: torch.Tensor, grid: torch.Tensor, kp_driving: to
 
 
 def aot_specs() -> list[dict]:
-    """The renderer's shapes: 21 keypoints, the volume compressed to 4 channels, 16x64x64; fp16, bf16, fp32."""
-    cfg = block_config(4)
+    """The renderer's shapes (`vasa_engine.kernel_shapes`: keypoints and compressed channels); fp16, bf16, fp32."""
+    from vasa_engine.kernel_shapes import dense_motion_cases, distinct
+
     specs = []
-    for dtype, ptr in _TRITON_TYPES.items():
-        signature = {"FEAT": ptr, "GRID": "*fp32", "KPD": "*fp32", "KPS": "*fp32", "OUT": ptr}
-        for name in ("SPATIAL", "ID", "IH", "IW"):
-            signature[name] = "i32"
-        signature["NEG_HALF_INV_VAR"] = "fp32"
-        constexprs = dict(K=21, C=4, BLOCK_V=cfg["BLOCK_V"], BLOCK_C=cfg["BLOCK_C"])
-        for name in constexprs:
-            signature[name] = "constexpr"
-        specs.append(dict(
-            name=f"dense_motion_input_k21_c4_{ptr[1:]}", kernel=_dense_motion_input_fwd, signature=signature,
-            constexprs=constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            shapes=f"dense motion input: (B, 4, 16, 64, 64) {ptr[1:]} volume, 21 keypoints -> (B, 110, 16, 64, 64)",
-            divisible_by_16=["FEAT", "GRID", "KPD", "KPS", "OUT", "SPATIAL", "ID", "IH", "IW"],
-        ))
+    for case in distinct(dense_motion_cases(), "keypoints", "channels"):
+        k, c = case.keypoints, case.channels
+        cfg = block_config(c)
+        for dtype, ptr in _TRITON_TYPES.items():
+            signature = {"FEAT": ptr, "GRID": "*fp32", "KPD": "*fp32", "KPS": "*fp32", "OUT": ptr}
+            for name in ("SPATIAL", "ID", "IH", "IW"):
+                signature[name] = "i32"
+            signature["NEG_HALF_INV_VAR"] = "fp32"
+            constexprs = dict(K=k, C=c, BLOCK_V=cfg["BLOCK_V"], BLOCK_C=cfg["BLOCK_C"])
+            for name in constexprs:
+                signature[name] = "constexpr"
+            specs.append(dict(
+                name=f"dense_motion_input_k{k}_c{c}_{ptr[1:]}", kernel=_dense_motion_input_fwd, signature=signature,
+                constexprs=constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                shapes=f"{case.what}; {ptr[1:]} volume",
+                divisible_by_16=["FEAT", "GRID", "KPD", "KPS", "OUT", "SPATIAL", "ID", "IH", "IW"],
+            ))
     return specs

@@ -197,23 +197,19 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool
     return out
 
 
-# The engine's real shapes: (what, channels, align_corners, padding).
-REAL_SHAPES = (
-    ("dense motion: 22 warps of the compressed volume, (B*22, 4, 16, 64, 64), zeros padding", 4, False, "zeros"),
-    ("warp of the appearance volume by the deformation, (B, 32, 16, 64, 64), zeros padding", 32, False, "zeros"),
-)
-
-
 def aot_specs() -> list[dict]:
-    """Compile specs at the engine's real shapes (the block settings depend on C only), fp16, bf16 and fp32.
+    """Compile specs at the engine's real shapes (`vasa_engine.kernel_shapes`; the block settings depend on C
+    only), fp16, bf16 and fp32.
 
-    Border padding and align_corners True are compiled too at both channel counts (same blocks), as the op
+    Border padding and align_corners True are compiled too at every channel count (same blocks), as the op
     offers them."""
+    from vasa_engine.kernel_shapes import distinct, grid_sample_cases
+
+    cases = distinct(grid_sample_cases(), "channels")
+    variants = [(case.what, case.channels, False, "zeros") for case in cases]
+    variants += [(f"C = {case.channels}, border padding and align_corners True (other modes of the op)",
+                  case.channels, True, "border") for case in cases]
     specs = []
-    variants = [(what, c, ac, pad) for what, c, ac, pad in REAL_SHAPES]
-    for c in (4, 32):
-        variants.append((f"C = {c}, border padding and align_corners True (other modes of the op)", c, True,
-                         "border"))
     for what, c, ac, pad in variants:
         cfg = block_config(c)
         for dtype, ptr in _TRITON_TYPES.items():

@@ -270,10 +270,6 @@ def spade_modulate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, neg
     return out
 
 
-# The decoder's SPADE inputs (C, H, W); B = 1 and 8 (the plan depends on B only through the chunk count).
-REAL_SHAPES = ((512, 64, 64), (512, 128, 128), (256, 128, 128), (256, 256, 256), (64, 256, 256))
-
-
 def _spec(kind: str, kernel, ptr: str, constexprs: dict, cfg: dict, shapes: str) -> dict:
     types = {"X": ptr, "G": ptr, "BETA": ptr, "OUT": ptr, "MEAN": "*fp32", "M2": "*fp32", "OUT_MEAN": "*fp32",
              "OUT_M2": "*fp32", "eps": "fp32", "slope": "fp32"}
@@ -289,8 +285,11 @@ def _spec(kind: str, kernel, ptr: str, constexprs: dict, cfg: dict, shapes: str)
 
 
 def aot_specs() -> list[dict]:
-    """Compile specs of every kernel and block setting the decoder's shapes use (B = 1 and 8), fp16, bf16 and
-    fp32, both layouts, with and without the activation."""
+    """Compile specs of every kernel and block setting the decoder's shapes use (`vasa_engine.kernel_shapes`; the
+    plan depends on B only through the chunk count), fp16, bf16 and fp32, both layouts, with and without the
+    activation."""
+    from vasa_engine.kernel_shapes import spade_cases
+
     specs, seen = [], set()
 
     def add(kind, kernel, ptr, constexprs, cfg, shapes):
@@ -299,28 +298,26 @@ def aot_specs() -> list[dict]:
             seen.add(key)
             specs.append(_spec(kind, kernel, ptr, constexprs, cfg, shapes))
 
-    for c, h, w in REAL_SHAPES:
-        for bsz in (1, 8):
-            for channels_last in (False, True):
-                cfg = plan((bsz, c, h, w), channels_last)
-                layout = "channels-last" if channels_last else "NCHW"
-                where = f"SPADE input ({bsz}, {c}, {h}, {w}) {layout}"
-                for dtype, ptr in _TRITON_TYPES.items():
-                    if cfg["kind"] == "one_tile":
-                        for act in (True, False):
-                            add("one_tile", _spade_one_tile, ptr, dict(HAS_ACT=act, BLOCK_P=cfg["BLOCK_P"]), cfg,
-                                f"{where}, {'with' if act else 'without'} LeakyReLU, {ptr[1:]}")
-                        continue
-                    chunks = f"{cfg['NCHUNK']} chunks of {cfg['CHUNK']} positions"
-                    add("stats", _spade_stats, ptr, dict(CHANNELS_LAST=channels_last, BLOCK_C=cfg["BLOCK_C"],
-                                                         BLOCK_P=cfg["BLOCK_P"]), cfg,
-                        f"{where}, {chunks}, {ptr[1:]}")
-                    if cfg["NCHUNK"] > 1:
-                        add("merge", _spade_merge, ptr, dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_K=cfg["BLOCK_K"]), cfg,
-                            f"{where}, merging {chunks} (fp32 statistics; {ptr[1:]} input)")
+    for case in spade_cases():
+        for channels_last in (False, True):
+            cfg = plan(case.shape, channels_last)
+            where = f"{case.what} {'channels-last' if channels_last else 'NCHW'}"
+            for dtype, ptr in _TRITON_TYPES.items():
+                if cfg["kind"] == "one_tile":
                     for act in (True, False):
-                        add("apply", _spade_apply, ptr, dict(CHANNELS_LAST=channels_last, HAS_ACT=act,
-                                                             BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"]), cfg,
-                            f"{where}, {chunks}, {'with' if act else 'without'} LeakyReLU, {ptr[1:]}")
+                        add("one_tile", _spade_one_tile, ptr, dict(HAS_ACT=act, BLOCK_P=cfg["BLOCK_P"]), cfg,
+                            f"{where}, {'with' if act else 'without'} LeakyReLU, {ptr[1:]}")
+                    continue
+                chunks = f"{cfg['NCHUNK']} chunks of {cfg['CHUNK']} positions"
+                add("stats", _spade_stats, ptr, dict(CHANNELS_LAST=channels_last, BLOCK_C=cfg["BLOCK_C"],
+                                                     BLOCK_P=cfg["BLOCK_P"]), cfg,
+                    f"{where}, {chunks}, {ptr[1:]}")
+                if cfg["NCHUNK"] > 1:
+                    add("merge", _spade_merge, ptr, dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_K=cfg["BLOCK_K"]), cfg,
+                        f"{where}, merging {chunks} (fp32 statistics; {ptr[1:]} input)")
+                for act in (True, False):
+                    add("apply", _spade_apply, ptr, dict(CHANNELS_LAST=channels_last, HAS_ACT=act,
+                                                         BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"]), cfg,
+                        f"{where}, {chunks}, {'with' if act else 'without'} LeakyReLU, {ptr[1:]}")
     # The merge kernel reads fp32 statistics only: one spec per block setting is enough.
     return [s for s in specs if not (s["name"].startswith("spade_merge") and not s["name"].endswith("fp32"))]

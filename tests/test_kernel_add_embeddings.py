@@ -15,13 +15,6 @@ from vasa_engine.errors import InputError
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-# The engine's real shapes (B, N, width, position-table rows): benches use these.
-ENGINE_SHAPES = {
-    "motion_d512_b2": (2, 125, 512, 600),
-    "motion_d512_b8": (8, 125, 512, 600),
-    "motion_d256_b8": (8, 125, 256, 600),
-}
-
 
 def reference_add_embeddings(x, positions, condition):
     """The engine's PyTorch reference (two broadcast adds)."""

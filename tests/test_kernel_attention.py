@@ -9,7 +9,8 @@ Bounds: fp32 relative error <= 1e-5 against fp64; fp16 / bf16: at most twice the
 computed in that dtype, plus a small floor. Outputs are allocated NaN-filled (the `nan_empty` fixture of tests/conftest.py), so an element
 the kernel does not write fails.
 
-The shapes and baselines here are shared with benches/test_bench_attention.py.
+The baselines here are shared with benches/test_bench_attention.py; the engine's real shapes come from
+vasa_engine.kernel_shapes.
 """
 
 from __future__ import annotations
@@ -23,19 +24,14 @@ import torch.nn.functional as F
 from helpers import INTERPRET, KERNEL_DEVICES, rel_err
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
+from vasa_engine.kernel_shapes import attention_cases, distinct
 
 CUDA = torch.cuda.is_available()
 DEVICES = KERNEL_DEVICES
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-# The engine's real shapes (B, H, N, Dh, padded): benches use these.
-ENGINE_SHAPES = {
-    "motion_d512_b2": (2, 8, 125, 64, False),  # two guidance branches, one window, width 512
-    "motion_d512_b8": (8, 8, 125, 64, False),  # four branches x two windows
-    "motion_d256_b2": (2, 8, 125, 32, False),  # JoyVASA width 256
-    "audio_b1": (1, 12, 200, 64, False),  # one 4 s window of HuBERT base
-    "audio_b8_padded": (8, 12, 200, 64, True),  # eight windows, the later ones shorter
-}
+# The motion transformer's head sizes and window length (its q, k, v come from one packed projection).
+MOTION_CASES = [c for c in distinct(attention_cases(), "head_dim", "tokens") if c.name.startswith("motion_")]
 
 
 def skip_unsupported(device: str, dtype: torch.dtype) -> None:
@@ -123,12 +119,13 @@ def test_attention_matches_reference(nan_empty, device, dtype, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dh", [32, 64])
-def test_attention_packed_projection_layout(nan_empty, device, dtype, dh):
-    """q, k, v as strided views of one packed projection (the motion transformer's layout), N = 125."""
+@pytest.mark.parametrize("case", MOTION_CASES, ids=lambda c: f"d{c.head_dim}_n{c.tokens}")
+def test_attention_packed_projection_layout(nan_empty, device, dtype, case):
+    """q, k, v as strided views of one packed projection (the motion transformer's layout), at its window length
+    and head sizes (two heads)."""
     skip_unsupported(device, dtype)
-    gen = torch.Generator().manual_seed(dh)
-    q, k, v = qkv(1, 2, 125, 125, dh, dtype, device, gen, packed=True)
+    gen = torch.Generator().manual_seed(case.head_dim)
+    q, k, v = qkv(1, 2, case.tokens, case.tokens, case.head_dim, dtype, device, gen, packed=True)
     assert not q.is_contiguous()
     out = check_against_reference(q, k, v)
     # The output is (B, N, H, Dh) memory: merging the heads back is a view.

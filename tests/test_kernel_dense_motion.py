@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from helpers import KERNEL_DEVICES, rel_err
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
+from vasa_engine.kernel_shapes import dense_motion_cases
 from vasa_engine.models.warping import KP_VARIANCE, coordinate_grid
 
 dm = pytest.importorskip("vasa_engine.kernels.dense_motion")
@@ -69,7 +70,7 @@ def inputs(b, c, size, k, device, dtype=torch.float32, seed=0, spread=0.15):
 @pytest.mark.parametrize("b,c,size,k", [
     (1, 1, (2, 3, 5), 1),
     (2, 3, (3, 5, 7), 4),
-    (2, 4, (5, 7, 9), 21),   # the renderer's keypoints and channels, odd sizes
+    *((2, c.channels, (5, 7, 9), c.keypoints) for c in dense_motion_cases()[:1]),  # the renderer's K and C, odd sizes
     (1, 5, (4, 6, 11), 2),   # channels not a power of two
     (3, 4, (7, 2, 63), 7),   # two rows of 63; voxels not a multiple of the block
 ])
@@ -150,10 +151,11 @@ def test_module_deformation_is_the_mask_weighted_motion_sum():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("b", [1, 8])
-def test_renderer_shapes_on_gpu(nan_empty, dtype, b):
-    """The renderer's real shapes: 21 keypoints, 4 channels, 16x64x64."""
-    feature, grid, kd, ks = inputs(b, 4, (16, 64, 64), 21, "cuda", dtype=dtype, seed=b)
+@pytest.mark.parametrize("case", dense_motion_cases(), ids=lambda c: c.name)
+def test_renderer_shapes_on_gpu(nan_empty, dtype, case):
+    """The renderer's real shapes (vasa_engine.kernel_shapes)."""
+    b = case.batch
+    feature, grid, kd, ks = inputs(b, case.channels, case.size, case.keypoints, "cuda", dtype=dtype, seed=b)
     got = dm.dense_motion_input(feature.contiguous(memory_format=torch.channels_last_3d), grid, kd, ks)
     if dtype == torch.float32:
         assert_fp32_close(got, feature, grid, kd, ks)
@@ -166,6 +168,8 @@ def test_renderer_shapes_on_gpu(nan_empty, dtype, b):
 def test_aot_specs():
     specs = dm.aot_specs()
     assert {s["signature"]["FEAT"] for s in specs} == {"*fp16", "*bf16", "*fp32"}
+    real = {(c.keypoints, c.channels) for c in dense_motion_cases()}
+    assert {(s["constexprs"]["K"], s["constexprs"]["C"]) for s in specs} == real
     for s in specs:
-        assert s["constexprs"]["K"] == 21 and s["constexprs"]["C"] == 4 and s["constexprs"]["BLOCK_C"] == 4
+        assert s["constexprs"]["BLOCK_C"] == 1 << (s["constexprs"]["C"] - 1).bit_length()
         assert set(s["constexprs"]) <= {k for k, v in s["signature"].items() if v == "constexpr"}

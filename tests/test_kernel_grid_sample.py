@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from helpers import KERNEL_DEVICES, rel_err
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
+from vasa_engine.kernel_shapes import grid_sample_cases
 
 gs = pytest.importorskip("vasa_engine.kernels.grid_sample")
 
@@ -178,11 +179,11 @@ def test_dispatch_and_fallback(device):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("shape", [(3, 4, 16, 64, 64), (1, 32, 16, 64, 64)])
-def test_engine_shapes_on_gpu(dtype, shape):
-    """The engine's channel counts at the real volume size, against PyTorch's op in fp32 on the GPU."""
-    volume = random_volume(shape, "cuda", dtype=dtype)
-    grid = random_grid(shape[0], 16, 64, 64, "cuda", span=1.1)
+@pytest.mark.parametrize("case", grid_sample_cases(batches=(1,)), ids=lambda c: c.name)
+def test_engine_shapes_on_gpu(dtype, case):
+    """The engine's real shapes (vasa_engine.kernel_shapes), against PyTorch's op in fp32 on the GPU."""
+    volume = random_volume(case.shape, "cuda", dtype=dtype)
+    grid = random_grid(case.batch, *case.size, "cuda", span=1.1)
     exact = pytorch_grid_sample(volume.double(), grid.double())
     got = gs.grid_sample_3d(volume, grid, out=nan_out(volume, grid))
     ref = ops.grid_sample_3d_reference(volume, grid)
@@ -192,7 +193,7 @@ def test_engine_shapes_on_gpu(dtype, shape):
 def test_aot_specs_cover_dtypes_and_channels():
     specs = gs.aot_specs()
     seen = {(s["constexprs"]["C"], s["signature"]["VOL"]) for s in specs}
-    assert seen == {(c, t) for c in (4, 32) for t in ("*fp16", "*bf16", "*fp32")}
+    assert seen == {(c.channels, t) for c in grid_sample_cases() for t in ("*fp16", "*bf16", "*fp32")}
     for s in specs:
         assert s["signature"]["GRID"] == "*fp32"
         assert set(s["constexprs"]) <= {k for k, v in s["signature"].items() if v == "constexpr"}

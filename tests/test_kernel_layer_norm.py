@@ -3,7 +3,8 @@
 In Triton's interpreter on CPU tensors without a GPU, on CUDA in the tests marked gpu; fp32, fp16 and bf16 (this
 kernel has no dot product, so the interpreter runs bf16 too). Bounds: fp32 <= 1e-5 relative error against fp64;
 fp16 / bf16 at most twice the error of the reference computed in that dtype, plus a small floor. Outputs are
-allocated NaN-filled. The shapes and baselines here are shared with benches/test_bench_layer_norm.py.
+allocated NaN-filled. The baselines here are shared with benches/test_bench_layer_norm.py; the engine's real
+widths come from vasa_engine.kernel_shapes.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ import torch.nn.functional as F
 from test_kernel_attention import DEVICES, INTERPRET, bound, rel_err
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
+from vasa_engine.kernel_shapes import add_layer_norm_cases, distinct
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-# The engine's real shapes (rows, width): benches use these.
-ENGINE_SHAPES = {
-    "motion_d512_b2": (2 * 125, 512),  # two guidance branches, one window
-    "motion_d512_b8": (8 * 125, 512),
-    "motion_d256_b8": (8 * 125, 256),  # JoyVASA width
-    "audio_d768_b8": (8 * 200, 768),  # eight 4 s windows of HuBERT base
-}
+# Awkward widths, then the engine's real ones, each with an awkward number of rows.
+CASES = [((1,), 48), ((7,), 200), ((3, 130), 48)] + list(zip([(1, 130), (2, 7), (2, 63)], (
+    case.width for case in distinct(add_layer_norm_cases(), "width"))))
 
 
 # Baselines the benchmarks time against.
@@ -73,9 +71,7 @@ def check(x, residual, weight, bias, eps=1e-5):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lead,width", [((1,), 48), ((7,), 200), ((2, 63), 768), ((3, 130), 48), ((1, 130), 512),
-                                         ((2, 7), 256)], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple)
-                         else str(v))
+@pytest.mark.parametrize("lead,width", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_add_layer_norm_matches_reference(nan_empty, device, dtype, lead, width):
     gen = torch.Generator().manual_seed(width * 1000 + sum(lead))
     check(*make_inputs(lead, width, dtype, device, gen))

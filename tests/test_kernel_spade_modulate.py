@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from helpers import KERNEL_DEVICES, rel_err
 from vasa_engine import backend, ops
+from vasa_engine.kernel_shapes import spade_cases
 
 sm = pytest.importorskip("vasa_engine.kernels.spade_modulate")
 
@@ -111,9 +112,9 @@ def test_dispatch_layouts_and_fallback(device):
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("shape", [(1, 512, 64, 64), (2, 256, 128, 128), (1, 64, 256, 256)])
-def test_decoder_shapes_on_gpu(dtype, channels_last, shape):
-    x, gamma, beta = inputs(shape, "cuda", dtype=dtype, channels_last=channels_last)
+@pytest.mark.parametrize("case", spade_cases(batches=(1,)), ids=lambda c: c.name)
+def test_decoder_shapes_on_gpu(dtype, channels_last, case):
+    x, gamma, beta = inputs(case.shape, "cuda", dtype=dtype, channels_last=channels_last)
     exact = truth(x, gamma, beta, 0.2)
     got = sm.spade_modulate(x, gamma, beta, 0.2, out=nan_like(x))
     ref = ops.spade_modulate_reference(x.float(), gamma.float(), beta.float(), 0.2).to(dtype)
@@ -122,18 +123,18 @@ def test_decoder_shapes_on_gpu(dtype, channels_last, shape):
 
 
 def test_plans():
-    """The decoder's shapes: the 64x64 NCHW blocks use one tile, every split plan has enough programs."""
-    for c, h, w in sm.REAL_SHAPES:
-        for b in (1, 8):
-            for channels_last in (False, True):
-                cfg = sm.plan((b, c, h, w), channels_last)
-                if not channels_last and h * w <= sm.FUSED_MAX_HW:
-                    assert cfg["kind"] == "one_tile"
-                    continue
-                assert cfg["kind"] == "split"
-                assert cfg["NCHUNK"] * cfg["CHUNK"] >= h * w > (cfg["NCHUNK"] - 1) * cfg["CHUNK"]
-                assert cfg["CHUNK"] % cfg["BLOCK_P"] == 0
-                assert cfg["rows"] * cfg["NCHUNK"] >= min(sm.TARGET_PROGRAMS // 2, b * c * h * w // 8192)
+    """The decoder's shapes: NCHW planes up to FUSED_MAX_HW use one tile, every split plan has enough programs."""
+    for case in spade_cases():
+        b, c, h, w = case.shape
+        for channels_last in (False, True):
+            cfg = sm.plan(case.shape, channels_last)
+            if not channels_last and h * w <= sm.FUSED_MAX_HW:
+                assert cfg["kind"] == "one_tile"
+                continue
+            assert cfg["kind"] == "split"
+            assert cfg["NCHUNK"] * cfg["CHUNK"] >= h * w > (cfg["NCHUNK"] - 1) * cfg["CHUNK"]
+            assert cfg["CHUNK"] % cfg["BLOCK_P"] == 0
+            assert cfg["rows"] * cfg["NCHUNK"] >= min(sm.TARGET_PROGRAMS // 2, b * c * h * w // 8192)
 
 
 def test_aot_specs_cover_dtypes():

@@ -67,8 +67,10 @@ def test_cosine_schedule_equals_reference_buffers():
     for key in SCHED_KEYS:
         stored = ref[f"weights.diffusion_sched.{key}"]
         assert ours[key].dtype == stored.dtype and ours[key].shape == stored.shape, key
-        # Same float32 arithmetic in the same order: equal to the last bit (1 ulp would still be float32 precision).
-        assert torch.allclose(ours[key], stored, rtol=2 ** -23, atol=0), key
+        # Same float32 arithmetic in the same order. PyTorch's vectorized exp differs by an ulp between CPU
+        # instruction sets (AVX2, AVX-512), and sigma's ratio (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) magnifies
+        # that near t = 1: within 8 ulp (2^-20 relative) of the stored buffers, float32 precision still.
+        assert torch.allclose(ours[key], stored, rtol=2 ** -20, atol=0), key
     # sigmas_flex (flexibility 1, not used) is sqrt(beta).
     assert torch.allclose(sched.betas.sqrt(), ref["weights.diffusion_sched.sigmas_flex"], rtol=2 ** -23, atol=0)
 

@@ -4,16 +4,49 @@ Each operation has a plain PyTorch reference here (`<name>_reference`). The mode
 a kernel directly; a Triton kernel registers itself for an operation with `@register_kernel(name)` (in the
 `vasa_engine.kernels` package, imported on first use), and runs when `backend.kernels_active` says so for the
 tensors' device. A kernel may return `NotImplemented` for arguments it does not handle; the reference runs then.
+
+`OPERATIONS` says, for every operation, which stages' models call it and which file of benches/ times its kernel:
+`vasa-engine info` (`runtime.stage_backends`) and the GPU suite read it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from . import backend
+
+STAGES = ("audio encoder", "motion generator", "renderer")
+
+
+@dataclass(frozen=True)
+class Operation:
+    stages: tuple[str, ...]  # the stages whose models call it, from STAGES
+    bench: str  # the file of benches/ that times its kernel, in a test named test_<operation>
+
+
+OPERATIONS = {
+    "attention": Operation(("audio encoder", "motion generator"), "test_bench_attention.py"),
+    "add_layer_norm": Operation(("audio encoder", "motion generator"), "test_bench_layer_norm.py"),
+    "add_embeddings": Operation(("motion generator",), "test_bench_layer_norm.py"),
+    "dense_motion_input": Operation(("renderer",), "test_bench_grid_sample.py"),
+    "grid_sample_3d": Operation(("renderer",), "test_bench_grid_sample.py"),
+    "spade_modulate": Operation(("renderer",), "test_bench_spade_modulate.py"),
+}
+
+
+def stage_operations() -> dict[str, tuple[str, ...]]:
+    """Stage -> the operations its models call, in the order of OPERATIONS."""
+    return {stage: tuple(name for name, op in OPERATIONS.items() if stage in op.stages) for stage in STAGES}
+
+
+def kernel_benches() -> tuple[str, ...]:
+    """The files of benches/ that time the operations' kernels, each once."""
+    return tuple(dict.fromkeys(op.bench for op in OPERATIONS.values()))
+
 
 _KERNELS: dict[str, Callable] = {}
 _loaded = False

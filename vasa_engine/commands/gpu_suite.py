@@ -108,16 +108,14 @@ def _bench(out: Path, quick: bool, budget: float, commit: str, stem: str) -> dic
     return {"report": f"{stem}-bench-{tag}.json", "problems": problems, "markdown": bench.to_markdown(report)}
 
 
-KERNEL_BENCHES = ("test_bench_attention.py", "test_bench_layer_norm.py", "test_bench_grid_sample.py",
-                  "test_bench_spade_modulate.py")
-
-
 def _kernel_benches(out: Path, stem: str, timeout: float, dtype: str) -> dict:
+    from .. import ops
+
     path = out / f"{stem}-kernels.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["VASA_KERNEL_BENCH_DTYPES"] = dtype
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-only",
-           f"--benchmark-json={path}", "--tb=line", *(str(REPO / "benches" / name) for name in KERNEL_BENCHES)]
+           f"--benchmark-json={path}", "--tb=line", *(str(REPO / "benches" / name) for name in ops.kernel_benches())]
     try:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
         text = proc.stdout + proc.stderr

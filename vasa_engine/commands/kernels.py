@@ -1,10 +1,10 @@
 """`vasa-engine kernels`: the compile gate of the Triton kernels, with no GPU needed.
 
 Every spec a kernel module declares (`aot_specs()`, see kernels/_aot.py) is compiled ahead of time for sm_90a and
-sm_89 at the engine's real shapes and block settings, and checked: no register spills, shared memory and registers
-within what a block may use, HGMMA (Hopper warpgroup MMA) in the sm_90a SASS of the attention kernel, and every
-module that registers an operation declares specs. Exit code 0 when every check passes, 1 when one fails, 2 on bad
-arguments.
+sm_89 at the engine's real shapes (vasa_engine.kernel_shapes) and block settings, and checked: no register spills,
+shared memory and registers within what a block may use, HGMMA (Hopper warpgroup MMA) in the sm_90a SASS of the
+attention kernel, and every module that registers an operation declares specs. Exit code 0 when every check passes,
+1 when one fails, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -96,23 +96,25 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths[:-1]] + ["-----"]), *map(fmt, lines)])
 
 
-def load_aot():
-    """kernels/_aot.py, loaded from its file: importing the kernel package would import (and, under
-    TRITON_INTERPRET, interpret) every kernel in this process, and a broken kernel module would stop the gate."""
-    import importlib.util
+GATE_PACKAGE = "_vasa_kernel_gate"
 
-    name = "_vasa_kernel_aot"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec("vasa_engine.kernels")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("vasa_engine.kernels is not installed: reinstall the package (pip install -e .)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "_aot.py"
-    loader = importlib.util.spec_from_file_location(name, str(path))
-    module = importlib.util.module_from_spec(loader)
-    sys.modules[name] = module
-    loader.loader.exec_module(module)
-    return module
+
+def load_gate(module: str = "_aot"):
+    """A module of the compile gate (kernels/_aot*.py), imported from the kernel folder as a package of its own:
+    importing vasa_engine.kernels would import (and, under TRITON_INTERPRET, interpret) every kernel in this
+    process, and a broken kernel module would stop the gate. The gate's compiler processes load theirs the same way."""
+    import importlib
+    import importlib.util
+    import types
+
+    if GATE_PACKAGE not in sys.modules:
+        spec = importlib.util.find_spec("vasa_engine.kernels")
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError("vasa_engine.kernels is not installed: reinstall the package (pip install -e .)")
+        package = types.ModuleType(GATE_PACKAGE)
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules[GATE_PACKAGE] = package
+    return importlib.import_module(f"{GATE_PACKAGE}.{module}")
 
 
 def _triton_installed() -> bool:
@@ -125,7 +127,7 @@ def cmd_kernels(args) -> int:
     _check_args(args)
     if not _triton_installed():
         raise InputError("triton is not installed: the kernel gate needs it (pip install triton)")
-    aot = load_aot()
+    aot = load_gate()
     archs = args.arch or list(ARCH_CHOICES)
 
     def progress(done, total, row):
