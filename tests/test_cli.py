@@ -133,3 +133,27 @@ def test_gpu_suite_refuses_without_a_gpu_in_one_line(tmp_path):
         pytest.skip("a GPU is present")
     res = run("gpu-suite", "--out", tmp_path)
     _assert_clean_failure(res, "needs a CUDA device", tmp_path)
+
+
+def test_cli_controls_come_from_the_controls_table():
+    """Every Controls field is a generate option (the seed an engine option), with the library's default and range:
+    what the command line accepts, the library accepts, and the other way round."""
+    from dataclasses import fields
+
+    from vasa_engine.cli import CONTROL_HELP, build_parser
+    from vasa_engine.controls import RANGES, Controls
+
+    assert set(CONTROL_HELP) | {"seed", "extra"} == {f.name for f in fields(Controls)}
+    parser = build_parser()
+    args = parser.parse_args(["generate", "--image", "a.png", "--audio", "b.wav", "-o", "c.mp4"])
+    from vasa_engine.cli import _controls
+
+    assert _controls(args) == Controls()
+    for name, rng in RANGES.items():
+        flag = "--" + name.replace("_", "-")
+        values = [str(rng.low)] * (2 if name == "gaze" else 1)
+        args = parser.parse_args(["generate", "--image", "a", "--audio", "b", "-o", "c", flag, *values])
+        _controls(args)  # the lower bound is accepted by both
+        too_high = [str(rng.high + 1)] * (2 if name == "gaze" else 1)
+        with pytest.raises(SystemExit):
+            parser.parse_args(["generate", "--image", "a", "--audio", "b", "-o", "c", flag, *too_high])

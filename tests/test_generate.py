@@ -60,14 +60,59 @@ def test_controls_the_model_cannot_honour(audio_only_weights, sample_speech, sam
     av = eng.prepare(sample_image)
     for controls, message in ((Controls(gaze=(5.0, 5.0)), "no gaze condition"),
                               (Controls(emotion=[1.0, 0, 0, 0]), "no emotion condition"),
-                              (Controls(steps=51), "steps must be between 1 and 50"),
-                              (Controls(sampler="euler"), "unknown sampler")):
+                              (Controls(steps=51), "steps must be between 1 and 50")):
         with pytest.raises(InputError, match=message):
             eng.generate_motion(av, sample_speech, controls)
+    with pytest.raises(InputError, match="unknown sampler"):
+        Controls(sampler="euler")
     # distance without a distance condition is applied at the renderer, as the head's scale
     near = eng.generate_motion(av, sample_speech, Controls(distance=2.0))
     far = eng.generate_motion(av, sample_speech)
     assert torch.allclose(near.scale * 2.0, far.scale)
+
+
+@pytest.mark.parametrize("controls", [
+    Controls(),
+    Controls(head_pitch=-7.0, head_yaw=12.0, head_roll=3.0, stitching=True, driving_multiplier=1.4),
+    Controls(eye_openness=0.15, lip_openness=0.6, driving_multiplier=0.8, smoothing=0.5),
+    Controls(relative_motion=True, stitching=True, driving_multiplier=1.0, distance=1.3),
+], ids=["defaults", "pose-stitching-multiplier", "eye-lip", "relative-distance"])
+def test_generate_equals_render_of_generate_motion(engine, avatar, controls):
+    """generate_motion returns motion that render turns into exactly what generate returns: the motion carries the
+    controls' renderer settings."""
+    audio = np.random.default_rng(7).normal(0, 0.1, 9000).astype(np.float32)
+    frames = engine.generate(avatar, audio, controls, sample_rate=16000)
+    motion = engine.generate_motion(avatar, audio, controls, sample_rate=16000)
+    assert motion.stitching == controls.stitching and motion.driving_multiplier == controls.driving_multiplier
+    assert np.array_equal(engine.render(avatar, motion), frames)
+    assert np.array_equal(np.concatenate(list(engine.generate_batches(avatar, motion))), frames)
+
+
+RANGE_CASES = [("head_yaw", 170.0, r"head yaw must lie in \[-45, 45\] degrees, got 170.0"),
+               ("head_pitch", -45.5, r"head pitch must lie in \[-45, 45\] degrees"),
+               ("head_roll", float("nan"), "head roll must lie in"),
+               ("audio_scale", 11.0, r"audio scale must lie in \[0, 10\], got 11.0"),
+               ("gaze_scale", -1.0, "gaze scale must lie in"), ("distance_scale", 99, "distance scale"),
+               ("emotion_scale", "2", "emotion scale must lie in"), ("gaze", (0.0, 91.0), r"gaze must lie in \[-90, 90\]"),
+               ("gaze", (1.0,), "gaze must be two numbers"), ("distance", 0.1, r"distance must lie in \[0.25, 4\]"),
+               ("eye_openness", 1.5, r"eye openness must lie in \[0, 1\]"), ("lip_openness", -0.1, "lip openness"),
+               ("smoothing", 1.0, r"smoothing must lie in \[0, 1\)"), ("driving_multiplier", 3.5, "driving multiplier"),
+               ("steps", 0, "steps must lie in"), ("steps", 2.5, "steps must be an integer"),
+               ("stitching", 1, "stitching must be True or False"), ("emotion", "abc", "emotion must be a sequence")]
+
+
+@pytest.mark.parametrize("name, value, message", RANGE_CASES, ids=[f"{c[0]}={c[1]}" for c in RANGE_CASES])
+def test_out_of_range_controls_are_refused_by_the_library(engine, avatar, name, value, message):
+    """Every field's range is checked when Controls is built, and again when the engine uses it (a field changed
+    after construction), with one line naming the field, the value and the range."""
+    with pytest.raises(InputError, match=message):
+        Controls(**{name: value})
+    controls = Controls()
+    setattr(controls, name, value)
+    with pytest.raises(InputError, match=message):
+        engine.generate_motion(avatar, np.zeros(1600, np.float32), controls, sample_rate=16000)
+    with pytest.raises(InputError, match=message):
+        engine.stream(avatar, controls)
 
 
 def test_nan_audio_array(engine, avatar):

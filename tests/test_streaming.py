@@ -16,8 +16,9 @@ from conftest import rel_err
 from test_cli import run
 from vasa_engine import Engine, InputError
 from vasa_engine.audio_features import clip_layout, clip_windows
-from vasa_engine.generation import Controls, MotionTemplate, generate_windows, relative_driving
-from vasa_engine.streaming import IncrementalDriving, StreamBusy, StreamClosed, StreamingAudioEncoder
+from vasa_engine.driving import Driving
+from vasa_engine.generation import Controls, MotionTemplate, generate_windows
+from vasa_engine.streaming import StreamBusy, StreamClosed, StreamCompute, StreamSettings, plan_chunk
 
 SR = 16000
 
@@ -140,17 +141,33 @@ def test_result_does_not_depend_on_push_sizes(engine, avatar):
 # ------------------------------------------------------------------------------------------------ features
 
 
-def _streamed_features(module, padded: np.ndarray, frames: int, past: int, lookahead: int, chunk: int = 5):
-    enc = StreamingAudioEncoder(module, past, lookahead, torch.device("cpu"), torch.float32)
+def _streamed_features(engine, avatar, padded: np.ndarray, frames: int, past: int, lookahead: int, chunk: int = 5):
+    """The session's own feature step (StreamCompute.features) over chunks planned by the session's planner."""
+    compute = StreamCompute(engine, avatar, Controls(steps=1), StreamSettings(lookahead_ms=40 * lookahead,
+                                                                              past_ms=40 * past))
     out = []
-    for first in range(0, frames, chunk):
-        stop = min(first + chunk, frames)
-        s0, s1 = enc.span(first, stop)
-        out.append(enc.features(padded[s0 * 640 : s1 * 640], s0, first, stop)[0, : stop - first])
+    committed = 0
+    while (plan := plan_chunk(committed, frames, frames, chunk, lookahead, past)) is not None:
+        samples = padded[plan.span_start * 640 : plan.span_stop * 640]
+        out.append(compute.features(samples, plan)[0, : plan.frames])
+        committed = plan.stop
     return torch.cat(out)
 
 
-def test_streamed_features_against_offline(engine, sample_speech):
+def test_chunk_planning():
+    """The planner waits for a whole chunk of ready frames, then commits it; once flushed it commits the rest."""
+    assert plan_chunk(0, 4, None, 5, 2, 25) is None
+    p = plan_chunk(0, 5, None, 5, 2, 25)
+    assert (p.first, p.stop, p.span_start, p.span_stop, p.frames) == (0, 5, 0, 7, 5)
+    p = plan_chunk(30, 41, None, 5, 2, 25)
+    assert (p.first, p.stop, p.span_start, p.span_stop) == (30, 35, 5, 37)
+    assert plan_chunk(35, 38, None, 5, 2, 25) is None
+    p = plan_chunk(35, 38, 38, 5, 2, 25)  # flushed: the last 3 frames
+    assert (p.first, p.stop) == (35, 38)
+    assert plan_chunk(38, 38, 38, 5, 2, 25) is None
+
+
+def test_streamed_features_against_offline(engine, avatar, sample_speech):
     """The encoder run per 200 ms chunk on past + chunk + 80 ms look-ahead, against the offline features (each
     window encoded on its own) of the 4.8 s speech clip. The reduced random encoder attends over its whole input,
     so features depend on the span they are computed in; offline features change too when the windows move.
@@ -174,8 +191,8 @@ def test_streamed_features_against_offline(engine, sample_speech):
         shifted = torch.cat([module.window_features(shifted_w[:, w]) for w in range(shifted_w.shape[1])],
                             1)[0, h : h + frames]
         padded = np.concatenate([np.zeros(1280, np.float32), x, np.zeros(640 * 40, np.float32)])
-        no_past = _streamed_features(module, padded, frames, past=0, lookahead=2)
-        streamed = _streamed_features(module, padded, frames, past=25, lookahead=2)
+        no_past = _streamed_features(engine, avatar, padded, frames, past=0, lookahead=2)
+        streamed = _streamed_features(engine, avatar, padded, frames, past=25, lookahead=2)
     window_dependence = rel_err(shifted, offline)
     err = rel_err(streamed, offline)
     assert err <= window_dependence, (err, window_dependence)
@@ -186,19 +203,25 @@ def test_streamed_features_against_offline(engine, sample_speech):
 # ------------------------------------------------------------------------------------------------ driving
 
 
-def test_incremental_driving_equals_offline():
+def test_driving_stage_block_by_block_equals_one_call():
+    """Offline generation calls the driving stage once on the whole clip; a stream calls it once per chunk: the
+    moving average and the first frame carry over, so the results are the same."""
     from vasa_engine.models.renderer import SourceState
 
     g = torch.Generator().manual_seed(4)
     src = SourceState(feature_3d=torch.zeros(1), kp=torch.randn(1, 21, 3, generator=g), pitch=torch.tensor([4.0]),
                       yaw=torch.tensor([-8.0]), roll=torch.tensor([1.0]), exp=torch.randn(1, 21, 3, generator=g) * .02,
                       t=torch.tensor([[0.01, -0.02, 0.3]]), scale=torch.tensor([[1.2]]), x_s=torch.zeros(1, 21, 3))
-    params = MotionTemplate.neutral().denormalize(torch.rand(47, 70, generator=g))
-    offline = relative_driving(params, src, smoothing=0.9)
-    inc = IncrementalDriving(src, 0.9)
-    parts = [inc({k: v[a:b] for k, v in params.items()}) for a, b in ((0, 1), (1, 6), (6, 30), (30, 47))]
-    for key in offline:
-        assert rel_err(torch.cat([p[key] for p in parts]), offline[key]) < 1e-5, key
+    src.x_s = src.kp * src.scale  # any keypoints with a non-degenerate hull
+    motion = torch.rand(47, 70, generator=g)
+    for controls in (Controls(smoothing=0.9), Controls(smoothing=0.5, relative_motion=True, head_yaw=5.0,
+                                                       distance=1.5, eye_openness=0.2, stitching=True)):
+        offline = Driving(src, MotionTemplate.neutral(), controls)(motion)
+        stage = Driving(src, MotionTemplate.neutral(), controls)
+        parts = [stage(motion[a:b]) for a, b in ((0, 1), (1, 6), (6, 30), (30, 47))]
+        for key in ("pitch", "yaw", "roll", "exp", "t", "scale") + (("eye",) if offline.eye is not None else ()):
+            assert rel_err(torch.cat([getattr(p, key) for p in parts]), getattr(offline, key)) < 1e-6, key
+        assert all(p.stitching == controls.stitching for p in parts)
 
 
 def test_streamed_driving_follows_offline_layout(engine, avatar):
@@ -215,6 +238,39 @@ def test_streamed_driving_follows_offline_layout(engine, avatar):
         frames = session.push(audio, SR) + session.flush()
     for key in ("pitch", "yaw", "roll", "exp", "t", "scale"):
         assert rel_err(torch.cat([f.driving[key] for f in frames]), getattr(offline, key)) < 1e-4, key
+
+
+# ------------------------------------------------------------------------------------------------ one frame renderer
+
+
+@pytest.mark.parametrize("controls", [Controls(steps=2), Controls(steps=2, stitching=True, driving_multiplier=1.3,
+                                                                  eye_openness=0.2, head_yaw=-6.0)],
+                         ids=["defaults", "stitching-eye-pose"])
+def test_stream_frames_equal_engine_render_of_their_driving(engine, avatar, controls):
+    """The session draws its frames with the engine's one frame renderer: Engine.render of the driving parameters a
+    session returns gives the session's images exactly."""
+    from vasa_engine import Motion
+
+    with engine.stream(avatar, controls, chunk_ms=120) as session:
+        frames = push_all(session, noise_audio(0.6, seed=21), piece=2000)
+        assert session._compute.engine.frame_renderer is engine.frame_renderer
+    d = {k: torch.cat([f.driving[k] for f in frames]) for k in frames[0].driving}
+    motion = Motion(**d, stitching=controls.stitching, driving_multiplier=controls.driving_multiplier)
+    rendered = engine.render(avatar, motion, batch_size=engine.batch_size)
+    assert np.array_equal(rendered, np.stack([f.image for f in frames]))
+
+
+def test_sessions_share_the_engine_stages(engine, avatar):
+    """Every session of an engine runs on the engine's own stages (one frame renderer, one motion sampler and their
+    graph caches); turning graphs off for a session gives it an engine variant instead."""
+    with engine.stream(avatar, render=False) as a, engine.stream(avatar, render=False) as b:
+        for s in (a, b):
+            assert s._compute.engine is engine
+            assert s._compute.sampler is engine.motion_sampler
+    cuda = Engine.__new__(Engine)  # graphs on without a GPU is not possible: check the variant rule on a stand-in
+    cuda.__dict__.update(engine.__dict__, cuda_graphs=True)
+    with cuda.stream(avatar, render=False, cuda_graphs=False) as c:
+        assert c._compute.engine is not cuda and not c._compute.engine.cuda_graphs
 
 
 # ------------------------------------------------------------------------------------------------ bad input, leaks
@@ -500,6 +556,33 @@ def test_stream_cli_bad_settings(tmp_path, tiny_full_weights, sample_image, samp
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_sessions_share_the_renderer_graphs(tiny_full_weights, sample_image):
+    """Two sessions on one CUDA engine, one after the other and at once: the renderer's and the sampler's graphs
+    are captured once per shape for the engine, not per session."""
+    eng = Engine(tiny_full_weights, device="cuda", dtype="float32")
+    av = eng.prepare(sample_image)
+    audio = noise_audio(1.2, seed=16)
+    with eng.stream(av, chunk_ms=200) as first:
+        push_all(first, audio)
+    renders, samplers = len(eng.render_graphs.calls), len(eng.sampler_graphs.calls)
+    assert renders and samplers
+    results = {}
+
+    def run(i):
+        with eng.stream(av, chunk_ms=200) as session:
+            results[i] = push_all(session, audio)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(eng.render_graphs.calls) == renders and len(eng.sampler_graphs.calls) == samplers
+    assert all(len(results[i]) == round(len(audio) / 640) for i in range(2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_sampler_matches_eager(tiny_full_weights, sample_image):
     eng = Engine(tiny_full_weights, device="cuda", dtype="float32")
     av = eng.prepare(sample_image)
@@ -510,9 +593,9 @@ def test_cuda_graph_sampler_matches_eager(tiny_full_weights, sample_image):
             frames = push_all(session, audio)
             motions.append(torch.stack([f.generated for f in frames]))
             images.append(torch.from_numpy(np.stack([f.image for f in frames])).double())
-            assert bool(session._render_graphs.calls) == graphs and not session._render_graphs.failed
-            assert ("window" in session._sampler._graphs.calls) == graphs  # captured and replayed
-        assert session._sampler.use_graph == graphs
+            used = session._compute.engine
+            assert bool(used.render_graphs.calls) == graphs and not used.render_graphs.failed
+            assert bool(used.sampler_graphs.calls) == graphs and not used.sampler_graphs.failed
     assert rel_err(motions[1], motions[0]) < 1e-4
     assert images[0].shape == images[1].shape and rel_err(images[1], images[0]) < 1e-3
     # idle frames (blinks) through the captured renderer equal the eager ones

@@ -157,14 +157,9 @@ def cmd_render(args) -> int:
 
 
 def _controls(args):
-    from .generation import Controls
+    from .controls import Controls
 
-    return Controls(steps=args.steps, sampler=args.sampler, audio_scale=args.audio_scale,
-                    gaze_scale=args.gaze_scale, distance_scale=args.distance_scale,
-                    emotion_scale=args.emotion_scale, seed=args.seed, gaze=args.gaze, distance=args.distance,
-                    emotion=args.emotion, head_pitch=args.head_pitch, head_yaw=args.head_yaw,
-                    head_roll=args.head_roll, eye_openness=args.eye_openness, lip_openness=args.lip_openness,
-                    smoothing=args.smoothing, driving_multiplier=args.driving_multiplier, stitching=args.stitching)
+    return Controls(seed=args.seed, **{name: getattr(args, name) for name in CONTROL_HELP})
 
 
 def _generate(args, image, audio, cpu_frames: int | None = None) -> int:
@@ -300,42 +295,73 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def add_generation_options(p: argparse.ArgumentParser) -> None:
-    from .generation import SAMPLERS
+# Every Controls field the command line sets (the seed is an engine option), with its help; ranges and defaults
+# come from vasa_engine.controls, so the command line and the library refuse the same values.
+CONTROL_HELP = {
+    "steps": "sampler steps, 1 to the model's diffusion steps (50 for JoyVASA)",
+    "sampler": "dpmpp_2m (DPM-Solver++(2M)) or ddim, both few-step; ddpm: the reference's ancestral sampler, every "
+               "diffusion step (ignores --steps)",
+    "audio_scale": "guidance weight of the audio (1 = no guidance, JoyVASA uses 2.0 to 2.8)",
+    "gaze_scale": "guidance weight of the gaze condition",
+    "distance_scale": "guidance weight of the distance condition",
+    "emotion_scale": "guidance weight of the emotion condition",
+    "gaze": "main gaze direction (models with a gaze condition)",
+    "distance": "head-to-camera distance relative to the portrait (a model condition where the model has one; "
+                "otherwise applied as the head's scale)",
+    "emotion": "emotion offset, comma-separated (as many values as the model's emotion size; models with an "
+               "emotion condition)",
+    "head_pitch": "added to the generated head pitch",
+    "head_yaw": "added to the generated head yaw",
+    "head_roll": "added to the generated head roll",
+    "eye_openness": "fixed eye openness ratio, 0 (closed) .. 0.4 (wide open); overrides blinks",
+    "lip_openness": "fixed mouth openness ratio, 0 (closed) .. about 0.8; overrides the lips",
+    "smoothing": "moving-average weight of the previous frame's pose, scale and translation (0 = none; the "
+                 "reference's 0.99)",
+    "driving_multiplier": "scales the motion around the portrait's keypoints (the reference's 1.1)",
+    "stitching": "apply the stitching MLP (off in the reference's command line)",
+    "relative_motion": "the reference UI's expression-friendly relative motion: keypoints move relative to the first "
+                       "frame's, scaled by the portrait's keypoint hull",
+}
+GENERATION_GROUP = ("steps", "sampler", "audio_scale", "gaze_scale", "distance_scale", "emotion_scale", "gaze",
+                    "distance", "emotion")
 
+
+def _add_control(group, name: str) -> None:
+    from .controls import MAX_STEPS, RANGES, SAMPLERS, Controls
+
+    default = Controls.field_default(name)
+    flag = "--" + name.replace("_", "-")
+    text = CONTROL_HELP[name]
+    if isinstance(default, bool):
+        group.add_argument(flag, action="store_true", help=text)
+        return
+    kw = {"default": default}
+    if name in RANGES:
+        rng = RANGES[name]
+        kw["type"] = float_in(rng.low, rng.high, high_open=rng.high_open)
+        text += f"; each in {rng.words()}" if name == "gaze" else f"; {rng.words()}"
+        if name == "gaze":
+            kw.update(nargs=2, metavar=("THETA", "PHI"))
+    elif name == "steps":
+        kw["type"] = positive_int
+        text += f"; at most {MAX_STEPS}"
+    elif name == "sampler":
+        kw["choices"] = SAMPLERS
+    elif name == "emotion":
+        kw["type"] = _float_list
+    if default is not None:
+        text += f"; default {default:g}" if isinstance(default, float) else f"; default {default}"
+    group.add_argument(flag, help=text, **kw)
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("motion generation")
-    g.add_argument("--steps", type=positive_int, default=10,
-                   help="sampler steps, 1 to the model's diffusion steps (50 for JoyVASA); default 10")
-    g.add_argument("--sampler", choices=SAMPLERS, default="dpmpp_2m",
-                   help="dpmpp_2m (DPM-Solver++(2M)) or ddim, both few-step; ddpm: the reference's ancestral "
-                        "sampler, every diffusion step (ignores --steps); default dpmpp_2m")
-    g.add_argument("--audio-scale", type=float_in(0, 10), default=2.8,
-                   help="guidance weight of the audio, 0..10 (1 = no guidance, JoyVASA uses 2.0 to 2.8); default 2.8")
-    for name in ("gaze", "distance", "emotion"):
-        g.add_argument(f"--{name}-scale", type=float_in(0, 10), default=1.0,
-                       help=f"guidance weight of the {name} condition, 0..10; default 1")
-    g.add_argument("--gaze", type=float_in(-90, 90), nargs=2, metavar=("THETA", "PHI"),
-                   help="main gaze direction in degrees, each in [-90, 90] (models with a gaze condition)")
-    g.add_argument("--distance", type=float_in(0.25, 4),
-                   help="head-to-camera distance relative to the portrait, 0.25..4 (a model condition where the "
-                        "model has one; otherwise applied as the head's scale)")
-    g.add_argument("--emotion", type=_float_list,
-                   help="emotion offset, comma-separated (as many values as the model's emotion size; models with "
-                        "an emotion condition)")
+    for name in GENERATION_GROUP:
+        _add_control(g, name)
     r = p.add_argument_group("renderer controls")
-    for axis in ("pitch", "yaw", "roll"):
-        r.add_argument(f"--head-{axis}", type=float_in(-45, 45), default=0.0,
-                       help=f"degrees added to the generated head {axis}, -45..45; default 0")
-    r.add_argument("--eye-openness", type=float_in(0, 1),
-                   help="fixed eye openness ratio, 0 (closed) .. 0.4 (wide open), at most 1; overrides blinks")
-    r.add_argument("--lip-openness", type=float_in(0, 1),
-                   help="fixed mouth openness ratio, 0 (closed) .. about 0.8, at most 1; overrides the lips")
-    r.add_argument("--smoothing", type=float_in(0, 1, high_open=True), default=0.99,
-                   help="moving-average weight of the previous frame's pose, scale and translation, [0, 1); "
-                        "0 = none; default 0.99 (as the reference)")
-    r.add_argument("--driving-multiplier", type=float_in(0, 3), default=1.10,
-                   help="scales the motion around the portrait's keypoints, 0..3; default 1.1 (as the reference)")
-    r.add_argument("--stitching", action="store_true", help="apply the stitching MLP (off in the reference)")
+    for name in CONTROL_HELP:
+        if name not in GENERATION_GROUP:
+            _add_control(r, name)
     o = p.add_argument_group("output")
     o.add_argument("--frames", type=positive_int, help="render only the first N frames")
     o.add_argument("--watermark", action="store_true", help="draw a visible 'AI-generated' label on every frame")
@@ -401,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .runtime import configure_cuda
+
+    configure_cuda()
     try:
         return args.func(args)
     except VasaError as exc:

@@ -16,7 +16,7 @@ import torch
 
 from .config import AppearanceConfig, MLPConfig, MotionExtractorConfig, SpadeConfig, WarpingConfig
 from .models import AppearanceFeatureExtractor, MotionExtractor, RetargetMLP, SPADEDecoder, WarpingNetwork
-from .models.keypoints import bins_to_degrees, rotation_matrix, transform_keypoints
+from .models.keypoints import source_keypoints
 from .models.retarget import apply_stitching
 from .weights import component_state, load_state_checked
 
@@ -70,15 +70,14 @@ def _mlp(cfg, w, x, call=None):
 def _keypoint_math(cfg, w, x, call=None):
     stitching = _module(RetargetMLP, _config(MLPConfig, cfg["stitching"]), component_state(w, "stitching"),
                         "stitching")
-    pitch, yaw, roll = (bins_to_degrees(x[f"{n}_logits"]) for n in ("pitch", "yaw", "roll"))
-    rot = rotation_matrix(pitch, yaw, roll)
-    x_s = transform_keypoints(x["kp"], rot, x["exp"], x["t"], x["scale"])
-    return {"pitch_deg": pitch, "yaw_deg": yaw, "roll_deg": roll, "rot": rot, "x_s": x_s,
-            "x_d_stitched": apply_stitching(stitching, x_s, x["x_d"])}
+    raw = {n: x[f"{n}_logits"] for n in ("pitch", "yaw", "roll")} | {n: x[n] for n in ("kp", "exp", "t", "scale")}
+    src = source_keypoints(raw)
+    return {"pitch_deg": src.pitch, "yaw_deg": src.yaw, "roll_deg": src.roll, "rot": src.rot, "x_s": src.x_s,
+            "x_d_stitched": apply_stitching(stitching, src.x_s, x["x_d"])}
 
 
 def _hubert_model(cfg, w, x, call=None):
-    from .audio_features import rename_old_weight_norm
+    from .checkpoints import rename_old_weight_norm
     from .models.audio_encoder import AudioEncoder, AudioEncoderConfig
 
     m = _module(AudioEncoder, AudioEncoderConfig.from_hf_config(cfg["effective"]), rename_old_weight_norm(w),
@@ -90,7 +89,8 @@ def _hubert_model(cfg, w, x, call=None):
 
 
 def _joyvasa_audio_feature(cfg, w, x, call=None):
-    from .audio_features import AudioFeatureEncoder, joyvasa_hidden, pad_audio, rename_old_weight_norm, resample_time
+    from .audio_features import AudioFeatureEncoder, joyvasa_hidden, pad_audio, resample_time
+    from .checkpoints import rename_old_weight_norm
     from .models.audio_encoder import AudioEncoderConfig
 
     fmap = cfg["audio_feature_map"]
@@ -105,7 +105,7 @@ def _joyvasa_audio_feature(cfg, w, x, call=None):
 
 def _motion_generator(w):
     """The engine's motion generator from fixture weights, sized from the tensors (step table as stored)."""
-    from .convert import motion_config_from_state
+    from .checkpoints import motion_config_from_state
     from .models.motion_generator import MotionGenerator
 
     cfg = dataclasses.replace(motion_config_from_state(w), step_table_rows=w["denoising_net.TE.pe"].shape[1])
@@ -141,6 +141,46 @@ def _joyvasa_sample(cfg, w, x, call=None):
     return {"motion": motion, "trajectory": torch.stack(list(trajectory))}
 
 
+# The reference glue's flags that the driving stage reproduces, with the control each one maps to.
+_GLUE_FIXED = {"driving_option": "expression-friendly", "flag_normalize_lip": False, "flag_eye_retargeting": False,
+               "flag_lip_retargeting": False, "animation_region": "all"}
+
+
+def _glue_joyvasa(cfg, w, x, call=None):
+    """JoyVASA's glue from generated motion to driving keypoints, per case, through the engine's driving stage."""
+    from .audio_features import clip_layout
+    from .controls import Controls
+    from .driving import Driving, MotionTemplate
+    from .models.keypoints import driving_keypoints
+    from .models.renderer import SourceState
+
+    stitching = _module(RetargetMLP, _config(MLPConfig, cfg["stitching"]), component_state(w, "stitching"),
+                        "stitching")
+    template = MotionTemplate.from_tensors({k[len("template_"):]: v for k, v in x.items() if k.startswith("template_")})
+    raw = {n: x[f"source_{n}_logits"] for n in ("pitch", "yaw", "roll")}
+    src = source_keypoints(raw | {n: x[f"source_{n}"] for n in ("kp", "exp", "t", "scale")})
+    source = SourceState(torch.zeros(0), src.kp, src.pitch, src.yaw, src.roll, src.exp, src.t, src.scale, src.x_s)
+    frames = clip_layout(int(x["num_samples"]), cfg["n_motions"]).frames
+    motion = x["motion"][:frames]
+    smoothing = 1.0 - cfg["ema_alpha"] if cfg["is_smooth_motion"] else 0.0
+    out = {"x_s": src.x_s}
+    smoothed = Driving(source, template, Controls(smoothing=smoothing)).smoothed(template.denormalize(motion))
+    out |= {f"smoothed_{k}": v.reshape(frames, -1) for k, v in smoothed.items() if k != "rot"}
+    out |= {"smoothed_R": smoothed["rot"], "smoothed_exp": template.denormalize(motion)["exp"]}
+    for case, flags in cfg["cases"].items():
+        unsupported = {k: flags[k] for k, v in _GLUE_FIXED.items() if flags.get(k, v) != v}
+        if unsupported:
+            raise NotImplementedError(f"run_fixture: glue case {case!r} sets {unsupported}")
+        controls = Controls(smoothing=smoothing, stitching=flags["flag_stitching"],
+                            driving_multiplier=float(flags["driving_multiplier"]),
+                            relative_motion=flags["flag_relative_motion"])
+        m = Driving(source, template, controls)(motion)
+        out[f"{case}.x_d"] = driving_keypoints(src.kp, src.x_s, m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale,
+                                               stitching=stitching if m.stitching else None,
+                                               multiplier=m.driving_multiplier)
+    return out
+
+
 _RUNNERS: dict[str, Callable] = {
     "lp_appearance_feature_extractor": _appearance,
     "lp_motion_extractor": _motion_extractor,
@@ -156,6 +196,7 @@ _RUNNERS: dict[str, Callable] = {
     "joyvasa_denoiser": _joyvasa_denoiser,
     "joyvasa_sample_first": _joyvasa_sample,
     "joyvasa_sample_next": _joyvasa_sample,
+    "glue_joyvasa": _glue_joyvasa,
 }
 
 

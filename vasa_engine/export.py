@@ -1,12 +1,14 @@
 """ONNX export of the renderer and the motion generator, for deployment on other runtimes.
 
-Four graphs, each a small module around the engine's own modules, exported with PyTorch's dynamo-based exporter
-(`torch.onnx.export(..., dynamo=True)`) in float32 on the reference path of every operation:
+Four graphs, each a small module around the engine's own modules and keypoint steps (the ones the renderer runs,
+from vasa_engine.models.keypoints), exported with PyTorch's dynamo-based exporter
+(`torch.onnx.export(..., dynamo=True)`) in float32 on the reference path of every operation (plain PyTorch ops;
+the keypoint transform too, where the engine runs its fused native version):
 
 - "renderer": the per-frame path, warp + decode. feature_3d (N, C, D, h, w), kp_source (N, K, 3), kp_driving
   (N, K, 3) -> image (N, 3, 2S, 2S) in [0, 1]. The warp's 5-D trilinear grid sample is ONNX GridSample with a
   5-D input, which needs opset 20 or later.
-- "source": the per-portrait encoder (appearance extractor + motion extractor + keypoint math). image
+- "source": the per-portrait encoder (appearance extractor + motion extractor + source keypoints). image
   (N, 3, S, S) in [0, 1] -> feature_3d, kp (canonical keypoints), pitch, yaw, roll (degrees), exp, t, scale and
   x_s (the source's implicit keypoints, the renderer's kp_source).
 - "keypoints": driving parameters -> driving keypoints with the stitching MLP. kp (1, K, 3), x_s (1, K, 3),
@@ -40,8 +42,7 @@ from torch import nn
 
 from . import backend
 from .errors import InputError
-from .models.keypoints import bins_to_degrees, rotation_matrix, transform_keypoints
-from .models.retarget import apply_stitching
+from .models.keypoints import driving_keypoints, source_keypoints
 from .models.spade import SpectralNormConv2d
 
 MIN_OPSET = 20  # GridSample on 5-D inputs (the warp's trilinear sample) first exists in opset 20
@@ -154,18 +155,13 @@ class SourceGraph(_Graph):
     def __init__(self, renderer):
         super().__init__()
         self.cfg = renderer.cfg
-        self.num_kp = renderer.cfg.motion_extractor.num_kp
         self.appearance_feature_extractor = _export_copy(renderer.appearance_feature_extractor)
         self.motion_extractor = _export_copy(renderer.motion_extractor)
 
     def forward(self, image):
-        n = image.shape[0]
         feature_3d = self.appearance_feature_extractor(image)
-        raw = self.motion_extractor(image)
-        pitch, yaw, roll = (bins_to_degrees(raw[name]) for name in ("pitch", "yaw", "roll"))
-        kp, exp = raw["kp"].reshape(n, self.num_kp, 3), raw["exp"].reshape(n, self.num_kp, 3)
-        x_s = transform_keypoints(kp, rotation_matrix(pitch, yaw, roll), exp, raw["t"], raw["scale"])
-        return feature_3d, kp, pitch, yaw, roll, exp, raw["t"], raw["scale"], x_s
+        k = source_keypoints(self.motion_extractor(image))
+        return feature_3d, k.kp, k.pitch, k.yaw, k.roll, k.exp, k.t, k.scale, k.x_s
 
     def example_inputs(self, batch: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         s = self.cfg.input_size
@@ -173,7 +169,7 @@ class SourceGraph(_Graph):
 
 
 class KeypointsGraph(_Graph):
-    """Driving parameters -> driving keypoints, with the stitching MLP (the keypoint transform in PyTorch ops)."""
+    """Driving parameters -> driving keypoints, with the stitching MLP (the transform in plain PyTorch ops)."""
 
     input_names = ("kp", "x_s", "pitch", "yaw", "roll", "exp", "t", "scale", "driving_multiplier")
     output_names = ("kp_driving",)
@@ -185,12 +181,8 @@ class KeypointsGraph(_Graph):
         self.stitching = copy.deepcopy(renderer.stitching).float().cpu().eval()
 
     def forward(self, kp, x_s, pitch, yaw, roll, exp, t, scale, driving_multiplier):
-        n = exp.shape[0]
-        kp = kp.expand(n, -1, -1)
-        x_s = x_s.expand(n, -1, -1)
-        x_d = transform_keypoints(kp, rotation_matrix(pitch, yaw, roll), exp, t, scale)
-        x_d = apply_stitching(self.stitching, x_s, x_d)
-        return x_s + (x_d - x_s) * driving_multiplier
+        return driving_keypoints(kp, x_s, pitch, yaw, roll, exp, t, scale, stitching=self.stitching,
+                                 multiplier=driving_multiplier)
 
     def example_inputs(self, batch: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         k = self.num_kp

@@ -53,12 +53,25 @@ def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def configure_cuda(*, cudnn_benchmark: bool = True, tf32: bool = False) -> None:
+    """The process-wide CUDA switches, set deliberately by the program that embeds the engine (the `vasa-engine`
+    command calls this once at start; an Engine never changes them). cudnn_benchmark: let cuDNN time its
+    convolution algorithms per shape (the engine's shapes are fixed per batch size, so the search is paid once).
+    tf32: allow TF32 in float32 matrix multiplies and convolutions (off: float32 stays float32; the engine's CUDA
+    dtype is float16 anyway)."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def cuda_settings(device: torch.device, choice: str = "auto") -> list[str]:
     """What an engine on `device` turns on (for `vasa-engine info`)."""
     if device.type != "cuda":
         return ["CPU: float32, PyTorch reference, no CUDA graphs"]
     return [f"dtype {str(resolve_dtype('auto', device)).replace('torch.', '')}", "channels-last convolution weights",
-            "cuDNN autotuning (torch.backends.cudnn.benchmark)", f"backend {choice} (Triton kernels on CUDA)",
+            f"cuDNN autotuning {'on' if torch.backends.cudnn.benchmark else 'off'}, TF32 "
+            f"{'on' if torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32 else 'off'} "
+            "(process-wide: vasa_engine.runtime.configure_cuda)", f"backend {choice} (Triton kernels on CUDA)",
             "CUDA graphs for the renderer (per batch size) and each window's sampler loop",
             "fused sampler step (native CUDA kernel)"]
 
@@ -72,13 +85,6 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-STAGE_OPS = {
-    "audio encoder": ("attention",),
-    "motion generator": ("attention", "add_layer_norm", "add_embeddings"),
-    "renderer": ("grid_sample_3d", "spade_modulate"),
-}
-
-
 def stage_backends(device: torch.device, choice: str = "auto") -> dict[str, str]:
     """Which implementation each stage runs on `device` under the backend `choice`."""
     from . import backend, ops
@@ -87,7 +93,7 @@ def stage_backends(device: torch.device, choice: str = "auto") -> dict[str, str]
         active = backend.kernels_active(device)
     kernels = ops.registered_kernels() if active else {}
     out = {}
-    for stage, names in STAGE_OPS.items():
+    for stage, names in ops.stage_operations().items():
         got = [n for n in names if n in kernels]
         out[stage] = f"triton kernels ({', '.join(got)}) + pytorch" if got else "pytorch (reference)"
     out["keypoint transform"] = "native extension" if _native_ok(device) else "pytorch (reference)"

@@ -10,9 +10,9 @@ from torch import nn
 from .. import native
 from ..config import RendererConfig
 from .appearance import AppearanceFeatureExtractor
-from .keypoints import bins_to_degrees, rotation_matrix, transform_keypoints
+from .keypoints import driving_keypoints, source_keypoints
 from .motion_extractor import MotionExtractor
-from .retarget import RetargetMLP, apply_stitching, retarget_delta
+from .retarget import RetargetMLP, retarget_delta
 from .spade import SPADEDecoder
 from .warping import WarpingNetwork
 
@@ -70,38 +70,42 @@ class FaceRenderer(nn.Module):
         """image (1, 3, S, S) in [0, 1], S = cfg.input_size."""
         image = image.to(self.image_dtype)
         feature_3d = self.appearance_feature_extractor(image)
-        raw = {k: v.float() for k, v in self.motion_extractor(image).items()}
-        k = self.cfg.motion_extractor.num_kp
-        pitch, yaw, roll = (bins_to_degrees(raw[n]) for n in ("pitch", "yaw", "roll"))
-        kp, exp = raw["kp"].view(1, k, 3), raw["exp"].view(1, k, 3)
-        x_s = transform_keypoints(kp, rotation_matrix(pitch, yaw, roll), exp, raw["t"], raw["scale"])
-        return SourceState(feature_3d, kp, pitch, yaw, roll, exp, raw["t"], raw["scale"], x_s)
+        p = source_keypoints(self.motion_extractor(image))
+        return SourceState(feature_3d, p.kp, p.pitch, p.yaw, p.roll, p.exp, p.t, p.scale, p.x_s)
 
     def driving_keypoints(self, src: SourceState, pitch, yaw, roll, exp, t, scale,
                           eye_ratio: torch.Tensor | None = None, lip_ratio: torch.Tensor | None = None,
                           source_eye_ratio: torch.Tensor | None = None,
-                          source_lip_ratio: torch.Tensor | None = None,
+                          source_lip_ratio: torch.Tensor | None = None, blink: torch.Tensor | None = None,
                           stitching: bool = True, driving_multiplier: float = 1.0) -> torch.Tensor:
         """Absolute driving parameters (batch N) -> driving keypoints (N, K, 3).
 
         x_d = scale * (kp_s @ R(pitch, yaw, roll) + exp) + t_xy; then the eye and lip retargeting offsets when
-        target ratios are given (source ratios (1, 2) and (1, 1) are then required), stitching, and
-        x_s + (x_d - x_s) * driving_multiplier.
+        target ratios are given (source ratios (1, 2) and (1, 1) are then required), the blink offset (blink (N,)
+        in [0, 1]: how far the eyes close from the eye target, else from the portrait's own openness), stitching,
+        and x_s + (x_d - x_s) * driving_multiplier.
         """
         n = exp.shape[0]
-        x_d = native.driving_keypoints(src.kp, pitch, yaw, roll, exp, t, scale)
         x_s = src.x_s.expand(n, -1, -1)
+        offsets = []
         if eye_ratio is not None:
             ratios = torch.cat([source_eye_ratio.expand(n, 2), eye_ratio.reshape(n, 1)], dim=1)
-            x_d = x_d + retarget_delta(self.retarget_eye, x_s, ratios)
+            offsets.append(retarget_delta(self.retarget_eye, x_s, ratios))
         if lip_ratio is not None:
             ratios = torch.cat([source_lip_ratio.expand(n, 1), lip_ratio.reshape(n, 1)], dim=1)
-            x_d = x_d + retarget_delta(self.retarget_lip, x_s, ratios)
-        if stitching:
-            x_d = apply_stitching(self.stitching, x_s, x_d)
-        if driving_multiplier != 1.0:
-            x_d = x_s + (x_d - x_s) * driving_multiplier
-        return x_d
+            offsets.append(retarget_delta(self.retarget_lip, x_s, ratios))
+        if blink is not None:
+            # a blink is the eye MLP's offset towards the dipped ratio minus its offset at the open ratio (the eye
+            # target, else the portrait's own), so a frame with blink 0 is the unblinking frame exactly
+            src_eye = source_eye_ratio.float().expand(n, 2)
+            open_ratio = (eye_ratio.reshape(n, 1) if eye_ratio is not None
+                          else source_eye_ratio.float().mean(dim=1, keepdim=True).expand(n, 1))
+            shut = torch.cat([src_eye, open_ratio * (1 - blink.reshape(n, 1))], dim=1)
+            offsets.append(retarget_delta(self.retarget_eye, x_s, shut)
+                           - retarget_delta(self.retarget_eye, x_s, torch.cat([src_eye, open_ratio], dim=1)))
+        return driving_keypoints(src.kp, x_s, pitch, yaw, roll, exp, t, scale, offsets=offsets,
+                                 stitching=self.stitching if stitching else None, multiplier=driving_multiplier,
+                                 transform=native.driving_keypoints)
 
     def warp_decode(self, feature_3d: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
         """The per-frame path: (N, K, 3) driving keypoints -> (N, 3, 2S, 2S) image in [0, 1]."""
