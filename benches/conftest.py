@@ -42,13 +42,8 @@ def bench_sizes():
 def stage_engine(request, bench_sizes):
     """The engine at the mode's sizes (seeded random weights): the reference, eager, or the engine's own backend
     and CUDA graphs."""
-    import copy
-
-    engine = _base_engine(bench_sizes)
-    view = copy.copy(engine)
-    view.backend = request.param
-    view.set_cuda_graphs(request.param == "auto")  # the engine with its CUDA graphs, the reference without
-    return view
+    # the engine with its CUDA graphs, the reference without
+    return _base_engine(bench_sizes).variant(backend=request.param, cuda_graphs=request.param == "auto")
 
 
 _ENGINES = {}

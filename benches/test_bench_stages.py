@@ -16,11 +16,11 @@ from vasa_engine import bench
 from vasa_engine.motion_script import scripted_motion
 
 
-
 def record(benchmark, engine, **extra) -> None:
     """Device, dtype, backend and sizes beside every timing."""
     benchmark.extra_info.update(device=engine.device_name, dtype=str(engine.dtype).replace("torch.", ""),
                                 backend=engine.backend, commit=bench.git_commit()["commit"], **extra)
+
 
 def _sync(engine):
     if engine.device.type == "cuda":

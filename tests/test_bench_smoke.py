@@ -143,17 +143,24 @@ def _implementations(device):
     return bench.build_implementations(engines, dtype, "dynamo-only"), sizes
 
 
-def test_implementations_keep_their_own_graph_caches():
-    """Shallow copies of one engine must not share captured graphs: the eager columns would replay the engine's
-    kernels (or the engine the reference's)."""
+def test_implementations_are_variants_with_their_own_graph_caches():
+    """Each implementation is an engine variant on the same loaded modules, with its own backend and graph caches:
+    sharing them, the eager columns would replay the engine's kernels (or the engine the reference's)."""
     import torch
 
     impls, _ = _implementations(torch.device("cpu"))
+    assert set(impls) == set(bench.IMPLEMENTATIONS) and all(impl.error is None for impl in impls.values())
     engines = [impl.engine for impl in impls.values()]
+    assert len({id(e) for e in engines}) == len(engines)
     assert len({id(e.render_graphs) for e in engines}) == len(engines)
     assert len({id(e.sampler_graphs) for e in engines}) == len(engines)
-    for name, impl in impls.items():
-        assert not impl.engine.render_graphs.enabled and not impl.engine.sampler_graphs.enabled  # a CPU
+    assert impls["eager fp32"].engine.backend == impls["torch.compile"].engine.backend == "reference"
+    assert impls["engine"].engine.backend == "auto"
+    assert impls["eager fp32"].dtype == torch.float32 and impls["eager bf16"].dtype == torch.bfloat16
+    # the engine and its eager float32 column share the loaded modules: no copy of the weights
+    assert impls["engine"].engine.motion_stack.generator is impls["eager fp32"].engine.motion_stack.generator
+    for impl in impls.values():
+        assert not impl.engine.cuda_graphs  # a CPU
 
 
 @pytest.mark.gpu
@@ -196,7 +203,7 @@ def test_concurrent_streams_rule(monkeypatch, drift, lag, keeps_up):
                 "frames": 25, "chunk_ms": 200, "lookahead_ms": 80, "steps": 5,
                 "latency_drift_ms": drift if worst else 0.0, "push_lag_ms": lag if worst else 0.0}
 
-    monkeypatch.setattr(bench, "stream_once", fake_stream_once)
+    monkeypatch.setattr(bench.streams, "stream_once", fake_stream_once)
     out = bench.stream_concurrently(None, None, None, 3)
     assert len(calls) == 3 and out["streams"] == 3 and out["keeps_up"] is keeps_up
     assert out["frames"] == 75 and out["latency_drift_ms"] == drift and out["push_lag_ms"] == lag

@@ -1,0 +1,77 @@
+"""Streaming latency: speech pushed into `Engine.stream` in real time, one session or several at once."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+
+from ..io.audio import SAMPLE_RATE
+
+
+def stream_once(engine, avatar, samples, *, push_ms: int = 40, **settings) -> dict:
+    """Push speech into `Engine.stream` in real time (`push_ms` per push, paced by the wall clock), flush, and
+    return its latency report: p50 / p95 / max in ms (audio in -> frame returned, look-ahead included), with the
+    chunk size and look-ahead it was measured under."""
+    step = SAMPLE_RATE * push_ms // 1000
+    returned = []
+    lag = 0.0
+    with engine.stream(avatar, **settings) as session:
+        t0 = time.perf_counter()
+        for i, start in enumerate(range(0, len(samples), step)):
+            wait = t0 + i * push_ms / 1000.0 - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            lag = max(lag, -wait)
+            returned += session.push(samples[start : start + step], SAMPLE_RATE)
+        returned += session.flush()
+        report = session.report().to_dict()
+    out = {"p50_ms": report["total"]["p50"] * 1000, "p95_ms": report["total"]["p95"] * 1000,
+           "max_ms": report["total"]["max"] * 1000, "frames": len(returned)}
+    # Falling behind shows as latency growing through the stream (or, once back-pressure blocks, as pushes late
+    # on the real-time schedule): the median latency of the last quarter of the frames minus the first quarter's.
+    lat = [f.latency_s for f in returned if f.kind == "speech" and f.latency_s is not None]
+    q = len(lat) // 4
+    out["latency_drift_ms"] = (statistics.median(lat[-q:]) - statistics.median(lat[:q])) * 1000 if q else math.nan
+    out["push_lag_ms"] = lag * 1000
+    for part in ("lookahead", "compute"):
+        out[f"{part}_p50_ms"] = report[part]["p50"] * 1000
+        out[f"{part}_p95_ms"] = report[part]["p95"] * 1000
+    out.update({k: report[k] for k in ("chunk_ms", "lookahead_ms", "past_ms", "steps", "fps")})
+    out["push_ms"] = push_ms
+    return out
+
+
+def stream_concurrently(engine, avatar, samples, n: int, *, push_ms: int = 40, **settings) -> dict:
+    """`n` sessions on one engine at once, each pushed in real time by its own thread (`stream_once`), started
+    together. Returns the worst stream's latencies, the lowest sustained fps and whether every stream kept up."""
+    results: list[dict | None] = [None] * n
+    errors: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            results[i] = stream_once(engine, avatar, samples, push_ms=push_ms, **settings)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"bench-stream-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    done = [r for r in results if r is not None]
+    chunk = done[0]["chunk_ms"]
+    keeps_up = all(r["latency_drift_ms"] < chunk and r["push_lag_ms"] < chunk for r in done)
+    worst = {k: max(r[k] for r in done) for k in ("latency_drift_ms", "push_lag_ms", "p50_ms", "p95_ms", "max_ms",
+                                                  "compute_p95_ms")}
+    return {"streams": n, "keeps_up": keeps_up, "latency_drift_ms": worst["latency_drift_ms"],
+            "push_lag_ms": worst["push_lag_ms"], "p50_ms": worst["p50_ms"], "p95_ms": worst["p95_ms"],
+            "max_ms": worst["max_ms"], "compute_p95_ms": worst["compute_p95_ms"],
+            "min_fps": min(r["fps"] for r in done), "frames": sum(r["frames"] for r in done), "chunk_ms": chunk,
+            "lookahead_ms": done[0]["lookahead_ms"], "steps": done[0]["steps"], "push_ms": push_ms}
