@@ -1,4 +1,5 @@
-"""The Engine API on the reduced config: prepare once, render batches of absolute driving parameters."""
+"""The Engine API on the reduced config: prepare once, render batches of absolute driving parameters; the attention
+kernel at the engine's real shapes and head size."""
 
 import json
 import logging
@@ -8,10 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import rel_err
-from vasa_engine import CheckpointError, Engine, InputError, Motion
+from conftest import INTERPRET, rel_err
+from vasa_engine import CheckpointError, Engine, InputError, Motion, backend, ops
 from vasa_engine.config import RendererConfig
+from vasa_engine.controls import Controls
+from vasa_engine.kernel_shapes import attention_cases, audio_tokens, distinct
+from vasa_engine.models.audio_encoder import AudioEncoderConfig
+from vasa_engine.models.motion_generator import MotionGeneratorConfig
 from vasa_engine.motion_script import scripted_motion
+
+CUDA = torch.cuda.is_available()
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +147,65 @@ def test_cuda_half_precision_matches_cpu_float32(tiny_weights, sample_image):
     ref = cpu.render(a_cpu, motion).astype(np.float64)
     out = gpu.render(a_gpu, motion).astype(np.float64)
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
+# ------------------------------------------------------------------------------------------------ real head size
+
+# The engine's self-attention shapes, one of each head size, length and masking; one head of one row is enough
+# here, since whether the kernel takes a call depends on the head size, dtype and length, not on B or H.
+ENGINE_ATTENTION = distinct(attention_cases(), "head_dim", "tokens", "padded")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", ENGINE_ATTENTION, ids=lambda c: c.name)
+def test_attention_kernel_takes_the_engine_shapes(nan_empty, case, dtype):
+    """The attention kernel does not decline (to the reference) any self-attention shape the engine runs: the motion
+    transformer at VASA-1's and JoyVASA's widths and the audio encoder, padded clips included."""
+    device = "cuda" if CUDA else "cpu"
+    if device == "cpu" and not INTERPRET:
+        pytest.skip("CPU tensors need TRITON_INTERPRET=1")
+    gen = torch.Generator().manual_seed(case.tokens * 1000 + case.head_dim)
+    q, k, v = (torch.randn(1, 1, case.tokens, case.head_dim, generator=gen).to(device, dtype) for _ in range(3))
+    mask = None
+    if case.padded:
+        mask = (torch.arange(case.tokens) >= case.tokens * 2 // 3)[None].to(device)  # the last third is padding
+    with backend.use("kernels"):
+        out = ops.registered_kernels()["attention"](q, k, v, key_padding_mask=mask)
+    assert out is not NotImplemented, f"the kernel declines {case.name} ({case.what}) in {dtype}"
+    ref = ops.attention_reference(q.double(), k.double(), v.double(), mask)
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 4e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_real_head_size_engine_uses_the_attention_kernel_in_graphs(monkeypatch, sample_image):
+    """A motion generator and an audio encoder with the real head size (64; reduced width and depth) run the
+    attention kernel, in the sampler's CUDA graphs too, and generate the motion the reference backend generates
+    eagerly, within the float16 bound of the other GPU tests."""
+    motion_cfg = MotionGeneratorConfig(feature_dim=256, n_heads=4, n_layers=2)
+    audio_cfg = AudioEncoderConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+                                   conv_dim=(64,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    eng = Engine(None, device="cuda", dtype="float16", config=RendererConfig.tiny(), motion_config=motion_cfg,
+                 audio_config=audio_cfg, seed=7)
+    reference = eng.variant(backend="reference", cuda_graphs=False)
+    kernel = ops.registered_kernels()["attention"]
+    taken = []
+
+    def counting(q, k, v, key_padding_mask=None):
+        out = kernel(q, k, v, key_padding_mask=key_padding_mask)
+        if out is not NotImplemented:
+            taken.append((q.shape[-1], q.shape[-2]))
+        return out
+
+    monkeypatch.setitem(ops._KERNELS, "attention", counting)
+    speech = np.random.default_rng(5).normal(0, 0.1, 16000 * 5).astype(np.float32)  # two windows, chained
+    av = eng.prepare(sample_image)
+    controls = Controls(steps=5)
+    got = eng.generate_motion(av, speech, controls, sample_rate=16000)
+    assert (64, motion_cfg.window) in taken and (64, audio_tokens(audio_cfg, motion_cfg)) in taken
+    assert eng.sampler_graphs.calls and not eng.sampler_graphs.failed
+    taken.clear()
+    expected = reference.generate_motion(av, speech, controls, sample_rate=16000)
+    assert not taken and not reference.sampler_graphs.calls
+    for name in ("exp", "pitch", "yaw", "t", "scale"):
+        assert rel_err(getattr(got, name), getattr(expected, name)) < 2e-2, name

@@ -606,8 +606,15 @@ def test_cuda_graph_sampler_matches_eager(tiny_full_weights, sample_image):
         assert all(f is not None and f.kind == "idle" for f in frames)
         idle.append(torch.from_numpy(np.stack([f.image for f in frames])).double())
     assert rel_err(idle[1], idle[0]) < 1e-3 and (idle[0][15:23] != idle[0][0]).any()
-    before = torch.cuda.memory_allocated()
-    with eng.stream(av) as session:
-        push_all(session, audio)
-    torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() == before
+
+    def session_memory() -> int:
+        with eng.stream(av) as session:
+            push_all(session, audio)
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    # No growth per session. The first session may allocate for good (graphs of new shapes in the engine's shared
+    # pools, cuBLAS workspaces); the sessions after it must not add to that, beyond allocator rounding.
+    after_first = session_memory()
+    for _ in range(3):
+        assert session_memory() <= after_first + (1 << 20)

@@ -72,7 +72,9 @@ class Motion:
             raise InputError(f"motion field exp has shape {tuple(self.exp.shape)}, expected ({n}, K, 3)")
         for name in _TENSOR_FIELDS:
             value = getattr(self, name)
-            if value is not None and not torch.isfinite(value).all():
+            # values are checked where callers make them, on the host; on a device the check would stall the
+            # stream for every batch (the engine's own stages only move checked motion there)
+            if value is not None and value.device.type == "cpu" and not torch.isfinite(value).all():
                 raise InputError(f"motion field {name} contains NaN or Inf")
         if not isinstance(self.stitching, bool):
             raise InputError(f"motion stitching must be True or False, got {self.stitching!r}")

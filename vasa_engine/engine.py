@@ -34,7 +34,7 @@ from .graphs import GraphCache
 from .io.audio import DEFAULT_MAX_SECONDS
 from .loading import MotionStack, WeightSet, WeightsArg
 from .models.motion_generator import MotionGeneratorConfig
-from .runtime import device_name, resolve_device, resolve_dtype, to_channels_last
+from .runtime import device_context, device_name, resolve_device, resolve_dtype, to_channels_last
 
 __all__ = ["AUDIO_WINDOWS_PER_BATCH", "Avatar", "AudioStage", "Engine", "Motion", "MotionStack"]
 
@@ -51,7 +51,7 @@ class AudioStage:
     @torch.no_grad()
     def window_features(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, 640 L) 16 kHz windows (JoyVASA-padded, see audio_features) -> (B, L, d) features."""
-        with use_backend(self.backend):
+        with use_backend(self.backend), device_context(self.device):
             return self.module.window_features(windows.to(self.device, self.dtype))
 
     def clip_features(self, samples: torch.Tensor, window_frames: int) -> tuple[torch.Tensor, int]:
@@ -76,9 +76,10 @@ class Engine:
     merged: e.g. a converted LivePortrait renderer and a converted JoyVASA motion generator), or None. A
     component no file provides runs on seeded random weights, and a warning line says so (a random renderer
     does not draw a face; a random motion generator does not follow the speech).
-    device: "auto", "cpu", "cuda", "cuda:N". dtype: "auto" (float16 on CUDA, float32 on the CPU), "float32",
-    "float16", "bfloat16". Process-wide CUDA settings (cuDNN autotuning, TF32) are not changed by an engine: see
-    `vasa_engine.runtime.configure_cuda`.
+    device: "auto", "cpu", "cuda", "cuda:N"; the stages work in that device's context (`runtime.device_context`),
+    whichever device the calling thread has selected. dtype: "auto" (float16 on CUDA, float32 on the CPU),
+    "float32", "float16", "bfloat16". Process-wide CUDA settings (cuDNN autotuning, TF32) are not changed by an
+    engine: see `vasa_engine.runtime.configure_cuda`.
     """
 
     def __init__(self, weights: WeightsArg = None, device: str = "auto", dtype: str = "auto", *, seed: int = 0,
@@ -221,7 +222,8 @@ class Engine:
         from .faces import FaceAligner
 
         aligner = self.face_aligner if align else FaceAligner(device=self.device)
-        return prepare_avatar(self.renderer, aligner, image, landmarks, device=self.device, backend=self.backend)
+        with device_context(self.device):
+            return prepare_avatar(self.renderer, aligner, image, landmarks, device=self.device, backend=self.backend)
 
     # ----------------------------------------------------------------------------------------- frames
 
@@ -248,7 +250,8 @@ class Engine:
 
     def render_on_device(self, avatar: Avatar, motion: Motion) -> torch.Tensor:
         """One batch: motion of B frames -> uint8 (B, S, S, 3) frames on the engine's device (the frame stage)."""
-        return self.frame_renderer.render(avatar, motion)
+        with device_context(self.device):
+            return self.frame_renderer.render(avatar, motion)
 
     def _paste_back(self, avatar: Avatar, frames: torch.Tensor) -> torch.Tensor:
         from .faces import paste_back
@@ -294,19 +297,19 @@ class Engine:
         samples = torch.from_numpy(load_audio(audio, sample_rate, max_seconds=max_seconds))
         timings = {} if timings is None else timings
 
-        t0 = time.perf_counter()
-        features, clip_frames = self.audio_stage.clip_features(samples, cfg.n_motions)
-        self._sync()
-        timings["audio encoder"] = time.perf_counter() - t0
+        with device_context(self.device):
+            t0 = time.perf_counter()
+            features, clip_frames = self.audio_stage.clip_features(samples, cfg.n_motions)
+            self._sync()
+            timings["audio encoder"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        conditions = model_conditions(controls, cfg, self.device)
-        motion = self.motion_sampler.sample_windows(features, controls, conditions, progress=progress)
-        motion = motion[:clip_frames]
-        self._sync()
-        timings["motion generator"] = time.perf_counter() - t0
-
-        return clip_motion(self.driving(avatar, controls)(motion.cpu()), samples.numel())
+            t0 = time.perf_counter()
+            conditions = model_conditions(controls, cfg, self.device)
+            motion = self.motion_sampler.sample_windows(features, controls, conditions, progress=progress)
+            motion = motion[:clip_frames]
+            self._sync()
+            timings["motion generator"] = time.perf_counter() - t0
+            return clip_motion(self.driving(avatar, controls)(motion.cpu()), samples.numel())
 
     def generate_batches(self, avatar: Avatar, motion: Motion, controls: Controls | None = None,
                          batch_size: int | None = None, paste_back: bool = False) -> Iterator[np.ndarray]:

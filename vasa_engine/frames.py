@@ -20,6 +20,7 @@ from .backend import use as use_backend
 from .driving import Motion
 from .graphs import GraphCache
 from .models.renderer import FaceRenderer, SourceState
+from .runtime import device_context
 
 
 @dataclass
@@ -46,7 +47,10 @@ class FrameRenderer:
         self.graphs = GraphCache("renderer", enabled=cuda_graphs and device.type == "cuda")
         self._source: dict | None = None  # static copies of the current avatar's tensors (graphs read them)
         self._source_avatar = None
-        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._stream = None
+        if device.type == "cuda":
+            with device_context(device):
+                self._stream = torch.cuda.Stream(device)
         self._lock = threading.RLock()  # from the source copy until the outputs are copied out
 
     @property
@@ -66,6 +70,10 @@ class FrameRenderer:
     @torch.no_grad()
     def launch(self, avatar, motion: Motion, *, to_host: bool = False) -> RenderedFrames:
         """Start rendering a batch; to_host: copy the frames into pinned host memory on the renderer's stream."""
+        with device_context(self.device):
+            return self._launch(avatar, motion, to_host)
+
+    def _launch(self, avatar, motion: Motion, to_host: bool) -> RenderedFrames:
         m = motion.to(self.device)
         inputs = [m.pitch, m.yaw, m.roll, m.exp, m.t, m.scale, m.eye, m.lip, m.blink]
         # the backend is part of the key: a graph replays the kernels it was captured with

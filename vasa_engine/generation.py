@@ -23,6 +23,7 @@ from .controls import SAMPLERS, Controls, check_for_model
 from .driving import LIP_KEYPOINTS, MotionTemplate, euler_from_rotation, relative_driving
 from .graphs import GraphCache
 from .models.motion_generator import MotionGenerator
+from .runtime import device_context
 from .sampling import sample, sample_ddpm
 
 LEAD_IN_FRAMES = JOYVASA_CLIP_PAD[0] // SAMPLES_PER_VIDEO_FRAME
@@ -207,7 +208,7 @@ class MotionSampler:
                ddpm_generator: torch.Generator | None = None, x0_fn: Callable | None = None) -> torch.Tensor:
         """audio (1, L, d), context (1, Lp, .) or None (the learned start context), start noise x_T (1, L, M) ->
         normalized motion (1, L, M) in fp32. x0_fn replaces the guided transformer (and runs eagerly)."""
-        with backend.use(self.backend or backend.current()):
+        with backend.use(self.backend or backend.current()), device_context(audio.device):
             return self._window(audio, prev_motion, prev_audio, controls, x_T, conditions or {}, ddpm_generator, x0_fn)
 
     def _window(self, audio, prev_motion, prev_audio, controls, x_T, conditions, ddpm_generator, x0_fn):

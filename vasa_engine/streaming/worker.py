@@ -14,6 +14,7 @@ from ..audio_features import SAMPLES_PER_VIDEO_FRAME
 from ..backend import use as use_backend
 from ..driving import Motion
 from ..generation import LEAD_IN_FRAMES
+from ..runtime import device_context
 from .audio_input import ChunkPlan, Utterance
 from .settings import FPS, StreamFrame
 
@@ -25,7 +26,7 @@ class SessionWorker:
 
     def _run(self) -> None:
         try:
-            with torch.no_grad(), use_backend(self.engine.backend):
+            with torch.no_grad(), use_backend(self.engine.backend), device_context(self.device):
                 while True:
                     with self._cond:
                         while True:
