@@ -1,7 +1,9 @@
 """Triton kernels of the engine, imported as vasa_engine.kernels.
 
 Importing this package imports every kernel module in it (when Triton is installed); each registers its
-operations with `vasa_engine.ops.register_kernel`, beside the PyTorch reference it must match.
+operations with `vasa_engine.ops.register_kernel`, beside the PyTorch reference it must match, and launches its
+Triton kernels through one PyTorch library operator, `vasa_engine::<operation>` (`_library.py`), so that they trace
+under fake tensors and compose with torch.compile.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import triton.language as tl
 from vasa_engine import ops
 from vasa_engine.errors import InputError
 
+from ._library import launch, library_op
+
 MAX_WIDTH = 16384
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -45,6 +47,20 @@ def block_config(width: int) -> dict:
     return dict(BLOCK_R=max(1, 2048 // block_d), BLOCK_D=block_d, num_warps=4)
 
 
+@library_op("add_embeddings", mutates_args=("y",))
+def _add_embeddings_op(x: torch.Tensor, positions: torch.Tensor, condition: torch.Tensor, y: torch.Tensor) -> None:
+    """Launch into `y` (B, N, d) contiguous; every input with unit stride on the width."""
+    bsz, n_tokens, width = x.shape
+    rows = bsz * n_tokens
+    cfg = block_config(width)
+    grid = (triton.cdiv(rows, cfg["BLOCK_R"]), triton.cdiv(width, cfg["BLOCK_D"]))
+    launch(_add_embeddings_fwd, grid,
+           x, positions, condition, y, rows, n_tokens, width,
+           x.stride(0), x.stride(1), positions.stride(0), condition.stride(0) if condition.shape[0] > 1 else 0,
+           y.stride(1),
+           BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"])
+
+
 @ops.register_kernel("add_embeddings")
 def add_embeddings(x: torch.Tensor, positions: torch.Tensor, condition: torch.Tensor):
     if x.dim() != 3 or positions.dim() != 2 or condition.dim() != 3:
@@ -62,15 +78,7 @@ def add_embeddings(x: torch.Tensor, positions: torch.Tensor, condition: torch.Te
         return NotImplemented
     x, positions, condition = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, positions, condition))
     y = torch.empty((bsz, n_tokens, width), dtype=out_dtype, device=x.device)
-    rows = bsz * n_tokens
-    cfg = block_config(width)
-    grid = (triton.cdiv(rows, cfg["BLOCK_R"]), triton.cdiv(width, cfg["BLOCK_D"]))
-    _add_embeddings_fwd[grid](
-        x, positions, condition, y, rows, n_tokens, width,
-        x.stride(0), x.stride(1), positions.stride(0), condition.stride(0) if condition.shape[0] > 1 else 0,
-        y.stride(1),
-        BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    _add_embeddings_op(x, positions, condition, y)
     return y
 
 

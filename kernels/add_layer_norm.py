@@ -14,12 +14,16 @@ dtype (they are read as fp32); bias may be None.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from vasa_engine import ops
 from vasa_engine.errors import InputError
+
+from ._library import address, launch, library_op
 
 MAX_WIDTH = 8192
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -87,9 +91,22 @@ def alignment(*tensors: torch.Tensor) -> int:
     """16 bytes in elements when every tensor's base and row stride are multiples of 16 bytes, else 1."""
     elems = 16 // tensors[0].element_size()
     for t in tensors:
-        if t.data_ptr() % 16 or t.element_size() != tensors[0].element_size() or t.stride(0) % elems:
+        if address(t) % 16 or t.element_size() != tensors[0].element_size() or t.stride(0) % elems:
             return 1
     return elems
+
+
+@library_op("add_layer_norm", mutates_args=("y",))
+def _add_layer_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       y: torch.Tensor, eps: float) -> None:
+    """Launch into `y`; x, residual and y are (rows, width) with unit stride on the width."""
+    rows, width = x.shape
+    cfg = block_config(width)
+    launch(_add_layer_norm_fwd, (triton.cdiv(rows, cfg["BLOCK_R"]),),
+           x, residual, weight, bias if bias is not None else weight, y, rows, width,
+           x.stride(0), residual.stride(0), y.stride(0), eps,
+           BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], HAS_BIAS=bias is not None,
+           ALIGN=alignment(x, residual, y), num_warps=cfg["num_warps"])
 
 
 @ops.register_kernel("add_layer_norm")
@@ -107,16 +124,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
             or any(t.device != x.device for t in tensors) or not all(t.is_floating_point() for t in tensors)):
         return NotImplemented
     x2, r2 = _rows(x, width), _rows(residual, width)
-    rows = x2.shape[0]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    y2 = y.view(rows, width)
-    cfg = block_config(width)
-    _add_layer_norm_fwd[(triton.cdiv(rows, cfg["BLOCK_R"]),)](
-        x2, r2, weight, bias if bias is not None else weight, y2, rows, width,
-        x2.stride(0), r2.stride(0), y2.stride(0), float(eps),
-        BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], HAS_BIAS=bias is not None,
-        ALIGN=alignment(x2, r2, y2), num_warps=cfg["num_warps"],
-    )
+    _add_layer_norm_op(x2, r2, weight, bias, y.view(x2.shape[0], width), float(eps))
     return y
 
 

@@ -29,6 +29,7 @@ its (B, H, N_q, Dh) view, so the callers' `out.transpose(1, 2).reshape(B, N_q, H
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -36,6 +37,8 @@ import triton.language as tl
 
 from vasa_engine import backend, ops
 from vasa_engine.errors import InputError
+
+from ._library import address, launch, library_op
 
 HEAD_DIMS = (16, 32, 64, 128)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -159,9 +162,32 @@ def _alignment(*tensors) -> int:
     """ALIGN: 16 bytes in elements when every tensor's base and non-unit strides are 16-byte multiples, else 1."""
     elems = 16 // tensors[0].element_size()
     for t in tensors:
-        if t.data_ptr() % 16 or any(st % elems for st in t.stride()[:3]):
+        if address(t) % 16 or any(st % elems for st in t.stride()[:3]):
             return 1
     return elems
+
+
+@library_op("attention", mutates_args=("out",))
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: Optional[torch.Tensor],
+                  out: torch.Tensor) -> None:
+    """Launch into `out`, the (B, N_q, H, Dh) memory of the result; pad: the (B, N_k) uint8 padding mask with
+    contiguous rows, or None."""
+    b, h, n_q, dh = q.shape
+    n_k = k.shape[2]
+    cfg = block_config(dh, q.dtype, pad is not None)
+    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), b * h)
+    launch(_attention_fwd, grid,
+           q, k, v, out, q if pad is None else pad,  # without a mask PAD is never read (HAS_PAD is False)
+           q.stride(0), q.stride(1), q.stride(2),
+           k.stride(0), k.stride(1), k.stride(2),
+           v.stride(0), v.stride(1), v.stride(2),
+           out.stride(0), out.stride(2), out.stride(1),  # out is (B, N_q, H, Dh): strides of batch, head, query
+           0 if pad is None else pad.stride(0),
+           h, n_q, n_k, _LOG2E / math.sqrt(dh),
+           HEAD_DIM=dh, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+           HAS_PAD=pad is not None, IEEE=q.dtype == torch.float32,
+           ALIGN=_alignment(q, k, v, out),
+           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 @ops.register_kernel("attention")
@@ -179,32 +205,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                          or key_padding_mask.device != q.device):
         return NotImplemented
     q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
-
-    out = torch.empty((b, n_q, h, dh), dtype=q.dtype, device=q.device).transpose(1, 2)
+    pad = None
     if key_padding_mask is not None:
         pad = key_padding_mask.view(torch.uint8)
         if pad.stride(1) != 1:
             pad = pad.contiguous()
-        pad_stride = pad.stride(0)
-    else:
-        pad = q  # never read (HAS_PAD is False)
-        pad_stride = 0
-    cfg = block_config(dh, q.dtype, key_padding_mask is not None)
-    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), b * h)
-    _attention_fwd[grid](
-        q, k, v, out, pad,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        pad_stride,
-        h, n_q, n_k, _LOG2E / math.sqrt(dh),
-        HEAD_DIM=dh, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        HAS_PAD=key_padding_mask is not None, IEEE=q.dtype == torch.float32,
-        ALIGN=_alignment(q, k, v, out),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    return out
+    out = torch.empty((b, n_q, h, dh), dtype=q.dtype, device=q.device)
+    _attention_op(q, k, v, pad, out)
+    return out.transpose(1, 2)
 
 
 # ------------------------------------------------------------------------------------------------ AOT specs

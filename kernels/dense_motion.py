@@ -34,6 +34,7 @@ import triton.language as tl
 from vasa_engine import ops
 from vasa_engine.errors import InputError
 
+from ._library import launch, library_op
 from .grid_sample import _trilinear
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -101,6 +102,28 @@ def block_config(channels: int) -> dict:
     return dict(BLOCK_V=128, BLOCK_C=triton.next_power_of_2(max(1, channels)), num_warps=4, num_stages=1)
 
 
+def offsets_fit_int32(feature_shape: tuple, keypoints: int) -> bool:
+    """Whether the kernel's 32-bit offsets within one batch item hold: the output planes ((K + 1) * (C + 1) * d * h * w
+    elements), the channels-last volume (d * h * w * C) and the coordinate grid (d * h * w * 3) stay below 2^31."""
+    _, c, d, h, w = feature_shape
+    spatial = d * h * w
+    return max((keypoints + 1) * (c + 1) * spatial, spatial * c, spatial * 3) < 2**31
+
+
+@library_op("dense_motion_input", mutates_args=("out",))
+def _dense_motion_input_op(feature: torch.Tensor, grid: torch.Tensor, kp_driving: torch.Tensor,
+                           kp_source: torch.Tensor, out: torch.Tensor, variance: float, block_v: int) -> None:
+    """Launch into `out`; feature channels-last, grid and keypoints fp32 contiguous."""
+    b, c, d, h, w = feature.shape
+    k = kp_driving.shape[1]
+    spatial = d * h * w
+    cfg = block_config(c)
+    launch(_dense_motion_input_fwd, (triton.cdiv(spatial, block_v), b),
+           feature, grid, kp_driving, kp_source, out, spatial, d, h, w, -0.5 / variance,
+           K=k, C=c, BLOCK_V=block_v, BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
+           num_stages=cfg["num_stages"])
+
+
 @ops.register_kernel("dense_motion_input")
 def dense_motion_input(feature: torch.Tensor, grid: torch.Tensor, kp_driving: torch.Tensor,
                        kp_source: torch.Tensor, variance: float = 0.01, block_v: int | None = None):
@@ -119,11 +142,10 @@ def dense_motion_input(feature: torch.Tensor, grid: torch.Tensor, kp_driving: to
     if not variance > 0:
         raise InputError(f"dense_motion_input: variance must be positive, got {variance}")
     k = kp_driving.shape[1]
-    if (k + 1) * (c + 1) * d * h * w >= 2**31 or d * h * w * c >= 2**31:
-        return NotImplemented  # offsets within one batch item are 32-bit
+    if not offsets_fit_int32(tuple(feature.shape), k):
+        return NotImplemented
     out = torch.empty((b, (k + 1) * (c + 1), d, h, w), dtype=feature.dtype, device=feature.device)
-    spatial = d * h * w
-    if b == 0 or spatial == 0:
+    if b == 0 or d * h * w == 0:
         return out
     if c == 0:
         return ops.dense_motion_input_reference(feature, grid, kp_driving, kp_source, variance)
@@ -131,13 +153,8 @@ def dense_motion_input(feature: torch.Tensor, grid: torch.Tensor, kp_driving: to
     grid = grid.to(torch.float32).contiguous()
     kp_driving = kp_driving.to(torch.float32).contiguous()
     kp_source = kp_source.to(torch.float32).contiguous()
-    cfg = block_config(c)
-    if block_v is not None:
-        cfg["BLOCK_V"] = block_v
-    _dense_motion_input_fwd[(triton.cdiv(spatial, cfg["BLOCK_V"]), b)](
-        feature, grid, kp_driving, kp_source, out, spatial, d, h, w, -0.5 / float(variance),
-        K=k, C=c, BLOCK_V=cfg["BLOCK_V"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+    block_v = block_v if block_v is not None else block_config(c)["BLOCK_V"]
+    _dense_motion_input_op(feature, grid, kp_driving, kp_source, out, float(variance), block_v)
     return out
 
 

@@ -12,6 +12,10 @@ too (memory order B, d, h, w, C), so every program writes whole contiguous rows,
 in that layout. The grid (B, d, h, w, 3) is used in fp32: a grid of another dtype is converted (exactly, for
 fp16 / bf16) and a non-contiguous grid is made contiguous by the wrapper.
 
+Index arithmetic is 32-bit where it can be: the output voxel index, and the element offsets within one batch item
+of the volume (the product D * H * W * C included); batch offsets, grid offsets and output offsets are 64-bit. The
+wrapper declines shapes past that (`offsets_fit_int32`), and the reference runs them.
+
 Math per output voxel, per axis (x -> W, y -> H, z -> D), in fp32, in torch's order:
 
     align_corners True:   i = ((g + 1) / 2) * (size - 1)
@@ -45,9 +49,12 @@ import triton.language as tl
 from vasa_engine import ops
 from vasa_engine.errors import InputError
 
+from ._library import launch, library_op
+
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 PADDING_MODES = ("zeros", "border")
+INT32_MAX = 2**31 - 1
 
 
 @triton.jit
@@ -157,6 +164,31 @@ def _check(volume: torch.Tensor, grid: torch.Tensor) -> None:
                          f"{volume.shape[0]}")
 
 
+def offsets_fit_int32(volume_shape: tuple, grid_shape: tuple, block_v: int) -> bool:
+    """Whether the kernel's 32-bit index arithmetic holds for these shapes: the output voxel index (up to
+    B * d * h * w, rounded up to whole programs of block_v) and the element offsets within one batch item of the
+    channels-last volume (up to D * H * W * C) stay within 2^31 - 1. Batch offsets and output offsets are 64-bit."""
+    b, c, d_in, h_in, w_in = volume_shape
+    _, d, h, w, _ = grid_shape
+    voxels = b * d * h * w
+    last_index = -(-voxels // block_v) * block_v - 1
+    return last_index <= INT32_MAX and d_in * h_in * w_in * c <= INT32_MAX
+
+
+@library_op("grid_sample_3d", mutates_args=("out",))
+def _grid_sample_3d_op(volume: torch.Tensor, grid: torch.Tensor, out: torch.Tensor, align_corners: bool,
+                       border: bool, block_v: int) -> None:
+    """Launch into `out` (B, C, d, h, w), channels-last; volume channels-last, grid (B, d, h, w, 3) fp32 contiguous."""
+    b, c, d_in, h_in, w_in = volume.shape
+    _, d, h, w, _ = grid.shape
+    n = b * d * h * w
+    cfg = block_config(c)
+    launch(_grid_sample_3d_fwd, (triton.cdiv(n, block_v),),
+           volume, grid, out, n, d * h * w, d_in, h_in, w_in,
+           C=c, ALIGN_CORNERS=align_corners, BORDER=border, BLOCK_V=block_v, BLOCK_C=cfg["BLOCK_C"],
+           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
 @ops.register_kernel("grid_sample_3d")
 def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool = False,
                    padding_mode: str = "zeros", out: torch.Tensor | None = None, block_v: int | None = None):
@@ -164,6 +196,8 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool
 
     out: optional (B, C, d, h, w) tensor, contiguous in channels_last_3d, of the volume's dtype, to write into.
     block_v: voxels per program (a power of two), to override block_config (tests use it for many programs).
+    Declines (NotImplemented) other padding modes and dtypes, tensors on two devices, and shapes whose offsets
+    would overflow the kernel's 32-bit index arithmetic (`offsets_fit_int32`).
     """
     _check(volume, grid)
     if padding_mode not in PADDING_MODES or volume.dtype not in _DTYPES or not grid.is_floating_point():
@@ -172,6 +206,9 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool
         return NotImplemented
     b, c, d_in, h_in, w_in = volume.shape
     _, d, h, w, _ = grid.shape
+    block_v = block_v if block_v is not None else block_config(c)["BLOCK_V"]
+    if not offsets_fit_int32(tuple(volume.shape), tuple(grid.shape), block_v):
+        return NotImplemented
     if out is None:
         out = torch.empty((b, c, d, h, w), dtype=volume.dtype, device=volume.device,
                           memory_format=torch.channels_last_3d)
@@ -179,21 +216,14 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, align_corners: bool
           or not out.is_contiguous(memory_format=torch.channels_last_3d)):
         raise InputError(f"grid_sample_3d: out must be a channels-last {volume.dtype} tensor of shape "
                          f"{(b, c, d, h, w)}")
-    n = b * d * h * w
-    if n == 0 or c == 0:
+    if b * d * h * w == 0 or c == 0:
         return out
     if volume.numel() == 0:
         return out.zero_()  # every corner of an empty volume is outside it
     if not volume.is_contiguous(memory_format=torch.channels_last_3d):
         volume = volume.contiguous(memory_format=torch.channels_last_3d)
     grid = grid.to(torch.float32).contiguous()
-    cfg = block_config(c)
-    if block_v is not None:
-        cfg["BLOCK_V"] = block_v
-    _grid_sample_3d_fwd[(triton.cdiv(n, cfg["BLOCK_V"]),)](
-        volume, grid, out, n, d * h * w, d_in, h_in, w_in,
-        C=c, ALIGN_CORNERS=bool(align_corners), BORDER=padding_mode == "border",
-        BLOCK_V=cfg["BLOCK_V"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    _grid_sample_3d_op(volume, grid, out, bool(align_corners), padding_mode == "border", block_v)
     return out
 
 

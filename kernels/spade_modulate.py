@@ -37,11 +37,15 @@ Two launch plans:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from vasa_engine import ops
+
+from ._library import launch, library_op
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
@@ -228,45 +232,57 @@ def _layout(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> bool | 
     return None
 
 
+@library_op("spade_modulate", mutates_args=("out",))
+def _spade_modulate_op(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, out: torch.Tensor,
+                       negative_slope: Optional[float], eps: float, channels_last: bool, fused_max_hw: int,
+                       target_programs: int, block_p: Optional[int]) -> None:
+    """Launch the plan for x's shape into `out`; x, gamma, beta and out all in one layout (channels_last or NCHW)."""
+    b, c, h, w = x.shape
+    hw = h * w
+    has_act = negative_slope is not None
+    slope = float(negative_slope) if has_act else 0.0
+    cfg = plan(tuple(x.shape), channels_last, fused_max_hw, target_programs, block_p)
+    if cfg["kind"] == "one_tile":
+        launch(_spade_one_tile, (b * c,), x, gamma, beta, out, c, hw, eps, slope, HAS_ACT=has_act,
+               BLOCK_P=cfg["BLOCK_P"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return
+    n_chunks = cfg["NCHUNK"]
+    mean = torch.empty((b * c, n_chunks), dtype=torch.float32, device=x.device)
+    m2 = torch.empty((b * c, n_chunks), dtype=torch.float32, device=x.device)
+    grid = (cfg["rows"], n_chunks)
+    launch(_spade_stats, grid, x, mean, m2, c, hw, cfg["CHUNK"], n_chunks, CHANNELS_LAST=channels_last,
+           BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if n_chunks > 1:
+        merged_mean = torch.empty((b * c,), dtype=torch.float32, device=x.device)
+        merged_m2 = torch.empty((b * c,), dtype=torch.float32, device=x.device)
+        launch(_spade_merge, (triton.cdiv(b * c, cfg["BLOCK_R"]),),
+               mean, m2, merged_mean, merged_m2, b * c, hw, cfg["CHUNK"], n_chunks,
+               BLOCK_R=cfg["BLOCK_R"], BLOCK_K=cfg["BLOCK_K"], num_warps=4, num_stages=1)
+        mean, m2 = merged_mean, merged_m2
+    launch(_spade_apply, grid, x, gamma, beta, out, mean, m2, c, hw, cfg["CHUNK"], eps, slope,
+           CHANNELS_LAST=channels_last, HAS_ACT=has_act, BLOCK_C=cfg["BLOCK_C"],
+           BLOCK_P=cfg["BLOCK_P"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
 @ops.register_kernel("spade_modulate")
 def spade_modulate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None = None,
-                   eps: float = 1e-5, out: torch.Tensor | None = None, **plan_options):
+                   eps: float = 1e-5, out: torch.Tensor | None = None, fused_max_hw: int = FUSED_MAX_HW,
+                   target_programs: int = TARGET_PROGRAMS, block_p: int | None = None):
     """Kernel of `vasa_engine.ops.spade_modulate`; out: optional tensor like x (same shape, dtype and layout) to
-    write into; plan_options: overrides of `plan` (tests use them to reach every path at small sizes)."""
+    write into; fused_max_hw, target_programs, block_p: overrides of `plan` (tests use them to reach every path at
+    small sizes)."""
     if (x.dim() != 4 or x.dtype not in _DTYPES or gamma.dtype != x.dtype or beta.dtype != x.dtype
             or gamma.shape != x.shape or beta.shape != x.shape or not (x.device == gamma.device == beta.device)):
         return NotImplemented
     channels_last = _layout(x, gamma, beta)
     if channels_last is None:
         return NotImplemented
-    b, c, h, w = x.shape
-    hw = h * w
     if out is None:
         out = torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if x.numel() == 0:
         return out
-    has_act = negative_slope is not None
-    slope = float(negative_slope) if has_act else 0.0
-    cfg = plan(tuple(x.shape), channels_last, **plan_options)
-    if cfg["kind"] == "one_tile":
-        _spade_one_tile[(b * c,)](x, gamma, beta, out, c, hw, float(eps), slope, HAS_ACT=has_act,
-                                  BLOCK_P=cfg["BLOCK_P"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        return out
-    n_chunks = cfg["NCHUNK"]
-    stats = torch.empty((2, b * c, n_chunks), dtype=torch.float32, device=x.device)
-    grid = (cfg["rows"], n_chunks)
-    _spade_stats[grid](x, stats[0], stats[1], c, hw, cfg["CHUNK"], n_chunks, CHANNELS_LAST=channels_last,
-                       BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"], num_warps=cfg["num_warps"],
-                       num_stages=cfg["num_stages"])
-    if n_chunks > 1:
-        merged = torch.empty((2, b * c), dtype=torch.float32, device=x.device)
-        _spade_merge[(triton.cdiv(b * c, cfg["BLOCK_R"]),)](
-            stats[0], stats[1], merged[0], merged[1], b * c, hw, cfg["CHUNK"], n_chunks,
-            BLOCK_R=cfg["BLOCK_R"], BLOCK_K=cfg["BLOCK_K"], num_warps=4, num_stages=1)
-        stats = merged
-    _spade_apply[grid](x, gamma, beta, out, stats[0], stats[1], c, hw, cfg["CHUNK"], float(eps), slope,
-                       CHANNELS_LAST=channels_last, HAS_ACT=has_act, BLOCK_C=cfg["BLOCK_C"],
-                       BLOCK_P=cfg["BLOCK_P"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    _spade_modulate_op(x, gamma, beta, out, None if negative_slope is None else float(negative_slope), float(eps),
+                       channels_last, fused_max_hw, target_programs, block_p)
     return out
 
 

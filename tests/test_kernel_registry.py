@@ -59,3 +59,69 @@ def test_stage_lists_come_from_the_table(kernels):
     for stage, names in stages.items():
         assert shown[stage] == f"triton kernels ({', '.join(n for n in names if n in kernels)}) + pytorch"
     assert stage_backends(torch.device("cpu"), "reference")["renderer"] == "pytorch (reference)"
+
+
+def _examples(device):
+    """Small, odd-shaped arguments of every operation, in the CUDA dtype (float32 where the op takes it)."""
+    h = torch.float16
+    q = torch.randn(2, 3, 37, 32, dtype=h, device=device)
+    return {
+        "attention": (q, q.clone(), q.clone()),
+        "add_layer_norm": (torch.randn(5, 7, 48, dtype=h, device=device), torch.randn(5, 7, 48, dtype=h, device=device),
+                           torch.nn.LayerNorm(48).to(device, h)),
+        "add_embeddings": (torch.randn(2, 9, 40, dtype=h, device=device), torch.randn(11, 40, dtype=h, device=device),
+                           torch.randn(2, 1, 40, dtype=h, device=device)),
+        "dense_motion_input": (torch.randn(2, 3, 4, 5, 6, dtype=h, device=device),
+                               torch.rand(4, 5, 6, 3, device=device) * 2 - 1, torch.randn(2, 5, 3, device=device),
+                               torch.randn(2, 5, 3, device=device)),
+        "grid_sample_3d": (torch.randn(2, 3, 4, 5, 6, dtype=h, device=device),
+                           torch.rand(2, 3, 5, 7, 3, device=device) * 2 - 1),
+        "spade_modulate": (torch.randn(2, 5, 9, 11, dtype=h, device=device),
+                           torch.randn(2, 5, 9, 11, dtype=h, device=device),
+                           torch.randn(2, 5, 9, 11, dtype=h, device=device), 0.2),
+    }
+
+
+def _reference(name, args):
+    if name == "add_layer_norm":
+        x, r, norm = args
+        return ops.add_layer_norm_reference(x, r, norm.weight, norm.bias, norm.eps)
+    return getattr(ops, f"{name}_reference")(*args)
+
+
+def test_every_kernel_is_a_library_operator_with_a_fake_implementation(kernels):
+    """On fake CUDA tensors every kernel runs (its operator's fake implementation: nothing is computed) and gives the
+    reference's shape, dtype and device; each call is one call of the operator named after the operation."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vasa_engine import backend
+    from vasa_engine.tracing.fake_cuda import DEVICE, guard_free_bindings
+    from vasa_engine.tracing.watch import DeviceWatch
+
+    for name in kernels:
+        assert hasattr(torch.ops.vasa_engine, name), f"{name}: no operator vasa_engine::{name}"
+    watch = DeviceWatch()
+    with guard_free_bindings(), FakeTensorMode(allow_non_fake_inputs=True), watch, torch.no_grad():
+        for name, args in _examples(DEVICE).items():
+            if name not in kernels:
+                continue
+            watch.kernel_calls.clear()
+            with backend.use("kernels"):
+                got = getattr(ops, name)(*args)
+            assert watch.kernel_calls == {name: 1}, (name, watch.kernel_calls)
+            want = _reference(name, args)
+            assert (got.shape, got.dtype, got.device) == (want.shape, want.dtype, want.device), name
+
+
+def test_a_kernel_launch_refuses_tensors_on_two_devices():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vasa_engine.tracing.fake_cuda import DEVICE, guard_free_bindings
+
+    gs = pytest.importorskip("vasa_engine.kernels.grid_sample")
+    with guard_free_bindings(), FakeTensorMode(allow_non_fake_inputs=True):
+        volume = torch.randn(1, 4, 3, 5, 7, device=DEVICE).contiguous(memory_format=torch.channels_last_3d)
+        grid = torch.rand(1, 2, 3, 4, 3) * 2 - 1  # on the CPU
+        out = torch.empty(1, 4, 2, 3, 4, device=DEVICE).contiguous(memory_format=torch.channels_last_3d)
+        with pytest.raises(RuntimeError, match="several devices"):
+            gs._grid_sample_3d_op(volume, grid, out, False, False, 256)

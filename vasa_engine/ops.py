@@ -4,6 +4,9 @@ Each operation has a plain PyTorch reference here (`<name>_reference`). The mode
 a kernel directly; a Triton kernel registers itself for an operation with `@register_kernel(name)` (in the
 `vasa_engine.kernels` package, imported on first use), and runs when `backend.kernels_active` says so for the
 tensors' device. A kernel may return `NotImplemented` for arguments it does not handle; the reference runs then.
+Past those checks a kernel allocates its outputs and launches through a PyTorch library operator named after the
+operation (`torch.ops.vasa_engine.<name>`, see kernels/_library.py), so the kernels trace on fake tensors
+(`vasa-engine gpu-check`) and under torch.compile.
 
 `OPERATIONS` says, for every operation, which stages' models call it and which file of benches/ times its kernel:
 `vasa-engine info` (`runtime.stage_backends`) and the GPU suite read it.
