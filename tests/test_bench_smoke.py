@@ -1,6 +1,8 @@
-"""`vasa-engine bench` in its smoke mode: it runs, and its report carries every figure (measured or with a reason).
+"""`vasa-engine bench` in its smoke mode: it runs without PyAV (as on a GPU machine), and its report carries every
+figure (measured or with a reason), the engine's correctness against eager float32, and which implementation of
+the native operations ran.
 
-Speed is never asserted: the smoke mode's sizes are the smallest and every figure is timed once.
+Speed is never asserted: the smoke mode's sizes are the smallest and every figure is timed a few times.
 """
 
 import json
@@ -21,13 +23,18 @@ def run_cli(*args, timeout=300):
                           timeout=timeout, env=env, cwd=REPO_ROOT)
 
 
+# the command with PyAV unimportable, as on the GPU machines: the speech the bench streams is read without it
+WITHOUT_PYAV = "import sys; sys.modules['av'] = None; from vasa_engine.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     json_path, md_path, png_path = out / "smoke.json", out / "smoke.md", out / "smoke.png"
     # In a separate process: torch.compile's settings stay out of the rest of the suite.
-    proc = run_cli("bench", "--mode", "smoke", "--device", "cpu", "--json", str(json_path), "--markdown",
-                   str(md_path), "--plot", str(png_path))
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_PYAV, "bench", "--mode", "smoke", "--device", "cpu", "--json",
+                           str(json_path), "--markdown", str(md_path), "--plot", str(png_path)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO_ROOT)
     return proc, json_path, md_path, png_path
 
 
@@ -72,13 +79,38 @@ def test_smoke_report_carries_every_figure(smoke_run):
             assert fig["ms"]["min"] <= fig["ms"]["median"] <= fig["ms"]["p80"]
             assert fig["flops_per_unit"] > 0 and fig["bytes_per_unit"] > 0
             assert "vs eager fp32" in fig["speedup"] or impl == "eager fp32"
-    assert figures["end_to_end"]["engine"]["fps"] > 0
+    assert figures["end_to_end"]["engine"]["fps"] > 0 and figures["streaming"]["engine"]["measured"]
+    for fig in (figures["audio_encoder"]["engine"], figures["renderer_batch_1"]["eager fp32"]):
+        assert fig["repeats"] > 1 and fig["ms"]["min"] <= fig["ms"]["p20"] <= fig["ms"]["median"]
+        assert fig["probe_ms"]["median"] > 0  # the machine probe timed beside the figure
+    assert report["partial"] is False
     concurrent = figures["streaming"]["engine"]["concurrent"]
     assert concurrent["counts"]["1"]["measured"] and concurrent["counts"]["1"]["streams"] == 1
     assert concurrent["max_streams"] in (0, 1, 2) and "| concurrent real-time streams |" in md_text(smoke_run)
     assert report["engine_note"] == bench.ENGINE_ON_CPU
     assert report["sizes"]["reduced"] is True
+    assert report["device"]["threads"] == 1 and "1 threads" in report["device"]["name"]  # smoke: one thread
 
+
+def test_smoke_report_records_correctness_and_the_native_implementations(smoke_run):
+    _, json_path, _, _ = smoke_run
+    report = json.loads(json_path.read_text())
+    check = report["correctness"]
+    assert check["ok"] is True and check["reference"] == "eager fp32" and check["dtype"] == "float32"
+    # on a CPU the engine is the reference: its outputs equal eager float32's exactly
+    assert {s: r["rel_err"] for s, r in check["stages"].items()} == {"audio_encoder": 0.0, "motion_generator": 0.0,
+                                                                    "renderer": 0.0}
+    from vasa_engine import native
+
+    expected = native.implementation("cpu")
+    for impl in bench.IMPLEMENTATIONS:
+        assert report["native_ops"][impl] == {"sampler_step": [expected], "driving_keypoints": [expected]}
+    assert report["native"]["on_device"] == expected and report["native"]["cuda_fallbacks"] == {}
+    assert report["device"]["tf32"] == {"matmul": False, "cudnn": False}  # the command turns TF32 off
+    assert report["device"]["fp32_peak"].startswith("non-tensor FP32 peak")
+    markdown = md_text(smoke_run)
+    assert "Correctness, the engine (float32) against eager fp32" in markdown
+    assert "| engine | " + expected + " | " + expected + " |" in markdown
 
 def test_smoke_plot(smoke_run):
     _, json_path, _, png_path = smoke_run
@@ -116,7 +148,7 @@ def test_bad_options_are_one_line_errors(args, words):
 
 def test_stats_and_default_names():
     stats = bench.summarize([3.0, 1.0, 2.0, 4.0, 5.0])
-    assert stats == {"min": 1.0, "median": 3.0, "p80": 4.2}
+    assert stats == {"min": 1.0, "p20": 1.8, "median": 3.0, "p80": 4.2}
     import torch
 
     assert bench.default_stem(torch.device("cpu"), "cpu", "2026-01-02") == "cpu-2026-01-02"
@@ -135,10 +167,10 @@ def test_stage_benchmarks_run_in_smoke_mode():
 
 
 def _implementations(device):
-    import torch
+    from vasa_engine.runtime import resolve_dtype
 
     sizes = bench.sizes_for("smoke", device)
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    dtype = resolve_dtype("auto", device)  # the engine's own: float16 on CUDA, float32 on a CPU
     engines = bench.build_engines(sizes, device, dtype)
     return bench.build_implementations(engines, dtype, "dynamo-only"), sizes
 
@@ -166,29 +198,51 @@ def test_implementations_are_variants_with_their_own_graph_caches():
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_engine_stages_replay_graphs_and_match_eager():
+    """The bench's engine column (float16, kernels, graphs) against its eager float32 column, each stage within the
+    float16 bound, with the renderer and the sampler loop replayed from graphs."""
     import torch
 
-    from vasa_engine.motion_script import scripted_motion
+    from vasa_engine.bench.correctness import check_engine
 
     impls, sizes = _implementations(torch.device("cuda"))
-    engine, eager = impls["engine"], impls["eager bf16"]
+    engine, eager = impls["engine"], impls["eager fp32"]
+    assert engine.dtype == torch.float16 and impls["torch.compile"].dtype == torch.float16
     assert engine.engine.render_graphs.enabled and not eager.engine.render_graphs.enabled
-    out = {}
     for impl in (engine, eager):
         impl.avatar = impl.engine.prepare(REPO_ROOT + "/vasa_engine/assets/astronaut.png")
-        fn = bench.renderer_stage(impl.engine, impl.avatar, scripted_motion(impl.avatar, 2))
-        fn()
-        out[impl.name] = fn().float()
+    cfgs = {"renderer": eager.engine.config, "audio": eager.engine.motion_stack.audio.audio_encoder.cfg,
+            "motion": eager.engine.motion_stack.generator.cfg}
+    check = check_engine(engine.engine, engine.avatar, eager.engine, eager.avatar, cfgs, steps=5, batch=2)
+    assert check["ok"], check["stages"]
     assert engine.engine.render_graphs.calls and not engine.engine.render_graphs.failed
-    assert not eager.engine.render_graphs.calls
-    err = ((out["engine"] - out["eager bf16"]).norm() / out["eager bf16"].norm()).item()
-    assert err < 2e-2, err
-    cfg = engine.engine.motion_stack.generator.cfg
-    features = torch.randn(1, cfg.n_motions, cfg.feature_dim)
-    windows = {impl.name: bench.motion_generator_stage(impl.engine, features, 5)().float() for impl in (engine, eager)}
     assert engine.engine.sampler_graphs.calls and not engine.engine.sampler_graphs.failed
-    err = ((windows["engine"] - windows["eager bf16"]).norm() / windows["eager bf16"].norm()).item()
-    assert err < 5e-2, err
+    assert not eager.engine.render_graphs.calls
+
+
+def test_on_cuda_the_engine_and_compile_columns_run_the_engines_dtype(monkeypatch):
+    """The bench's "auto" dtype is the engine's (float16 on CUDA); checked up to building the engines, with the
+    CUDA device's name and peak stubbed."""
+    import torch
+
+    from vasa_engine import runtime
+    from vasa_engine.bench import run
+
+    built = {}
+
+    class Built(Exception):
+        pass
+
+    def capture(sizes, device, dtype, weights=None, seed=0, bf16=True):
+        built.update(device=device, dtype=dtype, bf16=bf16)
+        raise Built
+
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(runtime, "device_name", lambda device: "Stub GPU")
+    monkeypatch.setattr(run, "device_peak", lambda device: bench.not_measured("stub"))
+    monkeypatch.setattr(run, "build_engines", capture)
+    with pytest.raises(Built):
+        bench.run_bench(bench.Options(mode="gpu"))
+    assert built == {"device": torch.device("cuda"), "dtype": torch.float16, "bf16": True}
 
 
 @pytest.mark.parametrize("drift,lag,keeps_up", [(30.0, 5.0, True), (450.0, 5.0, False), (30.0, 400.0, False)])
@@ -207,3 +261,23 @@ def test_concurrent_streams_rule(monkeypatch, drift, lag, keeps_up):
     out = bench.stream_concurrently(None, None, None, 3)
     assert len(calls) == 3 and out["streams"] == 3 and out["keeps_up"] is keeps_up
     assert out["frames"] == 75 and out["latency_drift_ms"] == drift and out["push_lag_ms"] == lag
+
+
+def test_the_report_is_written_after_every_figure():
+    """A run stopped part-way (a time limit, Ctrl-C) leaves what it measured: the report reaches its checkpoint
+    after the correctness check and after every figure, marked partial until the run ends."""
+    import torch
+
+    seen = []
+    before = torch.get_num_threads()
+    report = bench.run_bench(bench.Options(mode="smoke", device="cpu", skip=("compile", "eager-bf16", "engine"),
+                                           batches=(1,), steps=(1,),
+                                           checkpoint=lambda r: seen.append(json.loads(bench.to_json(r)))))
+    assert torch.get_num_threads() == before  # the smoke mode's one thread is given back
+    assert seen[0]["partial"] is True and seen[0]["figures"] == {}
+    assert seen[0]["correctness"] == {"measured": False, "reason": "not checked: engine skipped (--skip)"}
+    measured = [sum(bench.is_measured(f) for _, f in bench.figure_paths(r)) for r in seen]
+    assert measured == sorted(measured) and len(set(measured)) >= 4  # one more figure at a time
+    assert all(r["partial"] for r in seen) and report["partial"] is False
+    assert "**Partial report" in bench.to_markdown(seen[1])  # a partial report still reads as a table
+    assert measured[-1] == sum(bench.is_measured(f) for _, f in bench.figure_paths(report))

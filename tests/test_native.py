@@ -220,3 +220,116 @@ def test_cuda_bad_arguments_raise():
     ext = _cuda_ext()
     with pytest.raises(ValueError, match="kp_batch"):
         ext.driving_keypoints(1, 1, 1, 1, 1, 1, 1, 1, 3, 21, 2, 0)
+
+
+# --- which implementation ran: recorded, queryable, and announced on CUDA ----------------------------------------
+
+
+@pytest.fixture
+def fresh_native_state(monkeypatch):
+    """native's process-wide records, emptied for one test (and restored after it)."""
+    for name, value in (("_usage", {}), ("_cuda_fallbacks", {}), ("_fallback_warned", False),
+                        ("_device_support", {}), ("_launch_failures", {}), ("_loaded", dict(native._loaded))):
+        monkeypatch.setattr(native, name, value)
+
+
+class FakeCudaModule:
+    def __init__(self, archs, error=None):
+        self.archs, self.error, self.launched = archs, error, 0
+
+    def build_info(self):
+        return {"cuda_archs": self.archs}
+
+    def driving_keypoints(self, *args):
+        self.launched += 1
+        if self.error:
+            raise RuntimeError(self.error)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch, fresh_native_state):
+    """A CUDA device of capability sm_90 as native sees it (no GPU needed: device, stream and capability stubbed)."""
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {"cuda_stream": 0})())
+
+    def install(module, reason=None):
+        native._loaded["_C_cuda"] = (module, reason)
+        return module
+
+    return install
+
+
+def test_usage_records_the_implementation_that_ran(fresh_native_state):
+    x = _inputs(3, 21, 1, seed=13)
+    native.driving_keypoints(**x)
+    expected = native.NATIVE_CPU if native.cpu_module() is not None else native.REFERENCE
+    assert native.usage() == {"driving_keypoints": [expected]}
+    x["exp"].requires_grad_(True)
+    native.driving_keypoints(**x)  # gradients: the reference, recorded
+    assert native.usage()["driving_keypoints"] == sorted({expected, native.REFERENCE})
+    native.reset_usage()
+    assert native.usage() == {}
+    if expected == native.NATIVE_CPU:
+        assert native.implementation("cpu") == native.NATIVE_CPU
+    else:
+        assert native.implementation("cpu").startswith(f"{native.REFERENCE} (vasa_engine._C is not available")
+
+
+def test_cuda_status_names_a_missing_module_and_a_missing_architecture(fake_cuda, monkeypatch):
+    fake_cuda(None, "ImportError: libcudart.so.13: cannot open shared object file")
+    ok, reason = native.cuda_status(torch.device("cuda"))
+    assert not ok and "_C_cuda is not available (ImportError: libcudart.so.13" in reason
+    assert native.implementation("cuda") == f"{native.REFERENCE} ({reason})"
+    fake_cuda(FakeCudaModule(["89-real"]))
+    assert native.cuda_status(torch.device("cuda")) == (False, "vasa_engine._C_cuda has no code for sm_90 (built for "
+                                                               "89-real)")
+    monkeypatch.setattr(native, "_device_support", {})
+    fake_cuda(FakeCudaModule(["89-real", "90a-real"]))
+    assert native.cuda_status(torch.device("cuda")) == (True, None)
+    assert native.implementation("cuda") == native.NATIVE_CUDA
+
+
+def test_a_cuda_fallback_is_recorded_and_warned_once(fake_cuda):
+    fake_cuda(None, "ModuleNotFoundError: No module named 'vasa_engine._C_cuda'")
+    launched = []
+    with pytest.warns(RuntimeWarning, match="sampler_step on CUDA tensors runs the PyTorch reference") as caught:
+        assert not native._cuda_launch("sampler_step", torch.device("cuda"), lambda mod, stream: launched.append(1))
+        assert not native._cuda_launch("driving_keypoints", torch.device("cuda"), lambda mod, stream: None)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1 and not launched
+    fallbacks = native.cuda_fallbacks()
+    assert set(fallbacks) == {"sampler_step", "driving_keypoints"}
+    assert "No module named 'vasa_engine._C_cuda'" in fallbacks["sampler_step"]
+    assert native.usage() == {"sampler_step": [native.REFERENCE], "driving_keypoints": [native.REFERENCE]}
+
+
+def test_a_failed_launch_falls_back_and_is_remembered(fake_cuda):
+    module = fake_cuda(FakeCudaModule(["90"], error="CUDA driver version is insufficient for CUDA runtime version"))
+    with pytest.warns(RuntimeWarning, match="cannot launch on sm_90 \\(CUDA driver version is insufficient"):
+        ok = native._cuda_launch("driving_keypoints", torch.device("cuda"),
+                                 lambda mod, stream: mod.driving_keypoints(stream))
+    assert not ok and module.launched == 1
+    assert native.cuda_status(torch.device("cuda"))[0] is False  # no second try on that device
+    assert "insufficient" in native.cuda_fallbacks()["driving_keypoints"]
+    good = fake_cuda(FakeCudaModule(["90"]))
+    native._launch_failures.clear()
+    assert native._cuda_launch("driving_keypoints", torch.device("cuda"), lambda mod, stream: mod.driving_keypoints())
+    assert good.launched == 1 and native.NATIVE_CUDA in native.usage()["driving_keypoints"]
+
+
+def test_info_reports_what_runs_on_cuda(fake_cuda, monkeypatch):
+    """`vasa-engine info` (runtime.cuda_settings, stage_backends) claims the fused CUDA step only when it runs."""
+    from vasa_engine.runtime import cuda_settings, stage_backends
+
+    cuda = torch.device("cuda")
+    fake_cuda(None, "ImportError: not built")
+    settings, stages = cuda_settings(cuda), stage_backends(cuda)
+    assert not any("fused sampler step" in s for s in settings)
+    assert any("sampler step and keypoint transform: pytorch reference (vasa_engine._C_cuda is not available "
+               "(ImportError: not built))" in s for s in settings)
+    assert stages["sampler step"].startswith("pytorch reference (") and "not built" in stages["keypoint transform"]
+    fake_cuda(FakeCudaModule(["90"]))
+    assert "fused sampler step (native CUDA kernel)" in cuda_settings(cuda)
+    assert stage_backends(cuda)["sampler step"] == f"{native.NATIVE_CUDA}: guidance + update fused"

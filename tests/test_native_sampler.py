@@ -146,3 +146,12 @@ def test_cuda_matches_cpu(dtype):
     out, x0 = native.sampler_step(dev[0], scales, dev[1], dev[2], dev[3], a=0.9, b0=0.3, b1=-0.1, sigma=0.05)
     torch.cuda.synchronize()
     assert rel_err(out.cpu(), ref) <= 1e-6 and rel_err(x0.cpu(), ref0) <= 1e-6
+
+
+def test_usage_records_the_native_step(monkeypatch):
+    """The step's implementation is recorded per call, so a benchmark can say what it timed."""
+    _ext()
+    monkeypatch.setattr(native, "_usage", {})
+    branches, scales, x_t, x0_prev, _ = _inputs((2, 9, 5), 2, torch.float16, seed=21)
+    native.sampler_step(branches, scales, x_t, x0_prev, a=0.5, b0=0.4, b1=0.1)
+    assert native.usage() == {"sampler_step": [native.NATIVE_CPU]}

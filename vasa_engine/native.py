@@ -3,6 +3,11 @@
 Both are loaded lazily, on first use; a missing or broken extension never makes `import vasa_engine` fail, it only
 routes the operations here to their PyTorch references. `extension_info()` says what was found and why not.
 This module imports nothing heavy at import time (torch is imported inside the functions that need it).
+
+Which implementation ran is never silent: every call records it (`usage()`, per operation, since `reset_usage()`),
+`implementation(device)` says what a call on a device will run and why, and a CUDA tensor that goes through the
+PyTorch reference because `_C_cuda` is missing, has no code for the device or cannot launch is recorded in
+`cuda_fallbacks()` and announced by one RuntimeWarning per process.
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from typing import Any
 _lock = threading.Lock()
 _loaded: dict[str, tuple[ModuleType | None, str | None]] = {}
 _device_support: dict[tuple[int, int], bool] = {}
+_launch_failures: dict[tuple[int, int], str] = {}  # capability -> why _C_cuda could not launch there
+
+NATIVE_CPU = "native extension (vasa_engine._C)"
+NATIVE_CUDA = "native extension (vasa_engine._C_cuda)"
+REFERENCE = "pytorch reference"
+OPERATIONS = ("driving_keypoints", "sampler_step")
+
+_usage: dict[str, set[str]] = {}  # operation -> implementations it ran on since reset_usage()
+_cuda_fallbacks: dict[str, str] = {}  # operation -> why a CUDA call of it ran the reference
+_fallback_warned = False
 
 
 def _load(name: str) -> tuple[ModuleType | None, str | None]:
@@ -101,14 +116,90 @@ def _cuda_runs_on(device: Any, mod: ModuleType) -> bool:
     return _device_support[cap]
 
 
-def _disable_cuda_for(device: Any, exc: Exception) -> None:
-    import warnings
-
+def cuda_status(device: Any) -> tuple[bool, str | None]:
+    """(True, None) when vasa_engine._C_cuda will launch on the CUDA `device`, else (False, the reason): not
+    built or not importable, built for other architectures, or a launch there already failed."""
     import torch
 
-    _device_support[torch.cuda.get_device_capability(device)] = False
-    warnings.warn(f"vasa_engine._C_cuda cannot launch on {torch.cuda.get_device_name(device)} ({exc}); "
-                  "using the PyTorch reference instead", RuntimeWarning, stacklevel=3)
+    mod, reason = _load("_C_cuda")
+    if mod is None:
+        return False, f"vasa_engine._C_cuda is not available ({reason})"
+    cap = torch.cuda.get_device_capability(device)
+    if cap in _launch_failures:
+        return False, f"vasa_engine._C_cuda cannot launch on sm_{cap[0]}{cap[1]} ({_launch_failures[cap]})"
+    if not _cuda_runs_on(device, mod):
+        archs = ", ".join(map(str, mod.build_info().get("cuda_archs", []))) or "none"
+        return False, f"vasa_engine._C_cuda has no code for sm_{cap[0]}{cap[1]} (built for {archs})"
+    return True, None
+
+
+def implementation(device: Any) -> str:
+    """What the operations here run on `device` (a torch.device or its name), with the reason for a fallback."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok, reason = cuda_status(device)
+        return NATIVE_CUDA if ok else f"{REFERENCE} ({reason})"
+    mod, reason = _load("_C")
+    return NATIVE_CPU if mod is not None else f"{REFERENCE} (vasa_engine._C is not available: {reason})"
+
+
+def _used(op: str, impl: str) -> None:
+    with _lock:
+        _usage.setdefault(op, set()).add(impl)
+
+
+def usage() -> dict[str, list[str]]:
+    """Operation -> the implementations its calls ran on since the last reset_usage() (a captured CUDA graph
+    replays what its capture ran, so a capture counts as the graph's calls)."""
+    with _lock:
+        return {op: sorted(impls) for op, impls in _usage.items()}
+
+
+def reset_usage() -> None:
+    with _lock:
+        _usage.clear()
+
+
+def cuda_fallbacks() -> dict[str, str]:
+    """Operation -> why a call of it on CUDA tensors ran the PyTorch reference (empty when none did)."""
+    with _lock:
+        return dict(_cuda_fallbacks)
+
+
+def _cuda_fallback(op: str, reason: str) -> None:
+    """Record that `op` ran the reference on CUDA tensors, and warn once per process."""
+    import warnings
+
+    global _fallback_warned
+    _used(op, REFERENCE)
+    with _lock:
+        _cuda_fallbacks.setdefault(op, reason)
+        first, _fallback_warned = not _fallback_warned, True
+    if first:
+        warnings.warn(f"vasa_engine.native: {op} on CUDA tensors runs the PyTorch reference: {reason} "
+                      "(native.cuda_fallbacks() lists every such operation)", RuntimeWarning, stacklevel=3)
+
+
+def _cuda_launch(op: str, device: Any, launch) -> bool:
+    """`launch(module, stream)` on `device`'s current stream when _C_cuda can run there: True; else False, the
+    fallback recorded (and announced once)."""
+    import torch
+
+    ok, reason = cuda_status(device)
+    if ok:
+        try:
+            with torch.cuda.device(device):
+                launch(cuda_module(), torch.cuda.current_stream(device).cuda_stream)
+            _used(op, NATIVE_CUDA)
+            return True
+        except RuntimeError as exc:  # e.g. a driver older than the CUDA runtime the module was built with
+            cap = torch.cuda.get_device_capability(device)
+            _launch_failures[cap] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            ok, reason = cuda_status(device)
+    _cuda_fallback(op, reason or "unknown reason")
+    return False
 
 
 def driving_keypoints(kp, pitch, yaw, roll, exp, t, scale):
@@ -117,7 +208,8 @@ def driving_keypoints(kp, pitch, yaw, roll, exp, t, scale):
     kp: (B, K, 3) or (1, K, 3) (also (B, 3K) / (1, 3K)); pitch, yaw, roll: (B,) degrees; exp: (B, K, 3) or
     (B, 3K); t: (B, 3); scale: (B,) (or (B, 1)). Torch tensors; everything is moved to exp's device and computed
     in float32. CPU tensors go through vasa_engine._C, CUDA tensors through vasa_engine._C_cuda on the current
-    stream; without the extension (or when gradients are needed) the PyTorch reference computes it.
+    stream; without the extension (or when gradients are needed) the PyTorch reference computes it, and `usage()`
+    (on CUDA also `cuda_fallbacks()`) says so.
     """
     import torch
 
@@ -157,18 +249,15 @@ def driving_keypoints(kp, pitch, yaw, roll, exp, t, scale):
             mod = cpu_module()
             if mod is not None:
                 mod.driving_keypoints(*(a.detach().numpy() for a in args), out.numpy())
+                _used("driving_keypoints", NATIVE_CPU)
                 return out
         elif device.type == "cuda":
-            mod = cuda_module()
-            if mod is not None and _cuda_runs_on(device, mod):
-                try:
-                    with torch.cuda.device(device):
-                        stream = torch.cuda.current_stream(device).cuda_stream
-                        mod.driving_keypoints(*(a.data_ptr() for a in args), out.data_ptr(), batch, num_kp,
-                                              kp_batch, stream)
-                    return out
-                except RuntimeError as exc:  # e.g. a driver older than the CUDA runtime the module was built with
-                    _disable_cuda_for(device, exc)
+            def launch(mod, stream):
+                mod.driving_keypoints(*(a.data_ptr() for a in args), out.data_ptr(), batch, num_kp, kp_batch, stream)
+
+            if _cuda_launch("driving_keypoints", device, launch):
+                return out
+    _used("driving_keypoints", REFERENCE)
     return _reference(*args)
 
 
@@ -212,7 +301,7 @@ def sampler_step(branches, scales, x_t, x0_prev=None, z=None, *, a: float, b0: f
     adding the k-th); scales: nb - 1 guidance weights; x_t, x0_prev, z: float32 of `shape` (x0_prev and z optional).
     Returns (x_prev, x0) float32 (written into `out` / `x0_out` when given). CPU tensors go through vasa_engine._C,
     CUDA tensors through vasa_engine._C_cuda on the current stream (capturable in a CUDA graph); without the
-    extension the PyTorch reference computes it.
+    extension the PyTorch reference computes it, and `usage()` (on CUDA also `cuda_fallbacks()`) says so.
     """
     import torch
 
@@ -239,20 +328,18 @@ def sampler_step(branches, scales, x_t, x0_prev=None, z=None, *, a: float, b0: f
         vec = [None if t is None else t.reshape(-1).numpy() for t in flat[1:]]
         cpu_module().sampler_step(b_np, dtype, [float(s) for s in scales], vec[0], vec[1], vec[2], float(a),
                                   float(b0), float(b1), float(sigma), out.view(-1).numpy(), x0_out.view(-1).numpy())
+        _used("sampler_step", NATIVE_CPU)
         return out, x0_out
     if fast and device.type == "cuda":
-        mod = cuda_module()
-        if mod is not None and _cuda_runs_on(device, mod):
-            try:
-                with torch.cuda.device(device):
-                    stream = torch.cuda.current_stream(device).cuda_stream
-                    ptr = [0 if t is None else t.data_ptr() for t in flat]
-                    mod.sampler_step(ptr[0], dtype, out.numel(), [float(s) for s in scales], ptr[1], ptr[2], ptr[3],
-                                     float(a), float(b0), float(b1), float(sigma), out.data_ptr(),
-                                     x0_out.data_ptr(), stream)
-                return out, x0_out
-            except RuntimeError as exc:
-                _disable_cuda_for(device, exc)
+        def launch(mod, stream):
+            ptr = [0 if t is None else t.data_ptr() for t in flat]
+            mod.sampler_step(ptr[0], dtype, out.numel(), [float(s) for s in scales], ptr[1], ptr[2], ptr[3],
+                             float(a), float(b0), float(b1), float(sigma), out.data_ptr(), x0_out.data_ptr(), stream)
+
+        if _cuda_launch("sampler_step", device, launch):
+            return out, x0_out
+    else:
+        _used("sampler_step", REFERENCE)
     x, x0 = sampler_step_reference(branches, scales, x_t, x0_prev, z, a, b0, b1, sigma)
     out.copy_(x)
     x0_out.copy_(x0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .errors import InputError
@@ -12,9 +14,11 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
-        return device
+        if device.type != "cuda" or device.index is not None:
+            return device
+        device = "cuda"
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -25,7 +29,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"unsupported device {device!r} (use auto, cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and dev.index is None:
+        # pinned when the engine is built: a worker thread's own current device must not change it later
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+def device_context(device: str | torch.device):
+    """The context that makes `device` the current device for the work launched inside it: `torch.cuda.device` for
+    a CUDA device (so kernels, streams, events and allocations without an explicit device go to it, whichever
+    device the calling thread had selected), a null context for any other device. Building it does not initialise
+    CUDA; entering it does."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -65,15 +83,30 @@ def configure_cuda(*, cudnn_benchmark: bool = True, tf32: bool = False) -> None:
 
 
 def cuda_settings(device: torch.device, choice: str = "auto") -> list[str]:
-    """What an engine on `device` turns on (for `vasa-engine info`)."""
+    """What an engine on `device` turns on, as it will actually run here (for `vasa-engine info`): a missing Triton
+    or native CUDA extension shows as the PyTorch reference, with the reason."""
+    from . import backend, native
+
     if device.type != "cuda":
         return ["CPU: float32, PyTorch reference, no CUDA graphs"]
+    with backend.use(choice):
+        kernels = backend.kernels_active(device)
+    if kernels:
+        ops_words = "Triton kernels"
+    elif not backend.triton_available():
+        ops_words = "PyTorch reference: Triton is not installed"
+    elif backend.interpreting():
+        ops_words = "PyTorch reference: TRITON_INTERPRET=1"
+    else:
+        ops_words = "PyTorch reference"
+    step = native.implementation(device)
+    step_words = ("fused sampler step (native CUDA kernel)" if step == native.NATIVE_CUDA
+                  else f"sampler step and keypoint transform: {step}")
     return [f"dtype {str(resolve_dtype('auto', device)).replace('torch.', '')}", "channels-last convolution weights",
             f"cuDNN autotuning {'on' if torch.backends.cudnn.benchmark else 'off'}, TF32 "
             f"{'on' if torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32 else 'off'} "
-            "(process-wide: vasa_engine.runtime.configure_cuda)", f"backend {choice} (Triton kernels on CUDA)",
-            "CUDA graphs for the renderer (per batch size) and each window's sampler loop",
-            "fused sampler step (native CUDA kernel)"]
+            "(process-wide: vasa_engine.runtime.configure_cuda)", f"backend {choice} ({ops_words})",
+            "CUDA graphs for the renderer (per batch size) and each window's sampler loop", step_words]
 
 
 def device_name(device: torch.device) -> str:
@@ -86,8 +119,10 @@ def device_name(device: torch.device) -> str:
 
 
 def stage_backends(device: torch.device, choice: str = "auto") -> dict[str, str]:
-    """Which implementation each stage runs on `device` under the backend `choice`."""
-    from . import backend, ops
+    """Which implementation each stage runs on `device` under the backend `choice`; for the native operations,
+    what `vasa_engine.native` will actually run there (the PyTorch reference with its reason when the extension
+    is missing or cannot launch)."""
+    from . import backend, native, ops
 
     with backend.use(choice):
         active = backend.kernels_active(device)
@@ -96,13 +131,7 @@ def stage_backends(device: torch.device, choice: str = "auto") -> dict[str, str]
     for stage, names in ops.stage_operations().items():
         got = [n for n in names if n in kernels]
         out[stage] = f"triton kernels ({', '.join(got)}) + pytorch" if got else "pytorch (reference)"
-    out["keypoint transform"] = "native extension" if _native_ok(device) else "pytorch (reference)"
-    out["sampler step"] = "native extension (guidance + update fused)" if _native_ok(device) else "pytorch (reference)"
+    impl = native.implementation(device)
+    out["keypoint transform"] = impl
+    out["sampler step"] = f"{impl}: guidance + update fused" if impl.startswith("native") else impl
     return out
-
-
-def _native_ok(device: torch.device) -> bool:
-    from . import native
-
-    info = native.extension_info()
-    return bool(info.get("cuda_built") if device.type == "cuda" else info.get("built"))

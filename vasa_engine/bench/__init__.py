@@ -7,13 +7,15 @@ with eye/lip retargeting and stitching, warp, decode, uint8 frames on the device
 end to end (audio samples -> uint8 frames on the host, `Engine.generate`) in frames per second; the engine's
 streaming latency, alone and with concurrent sessions.
 
-Every figure in the report is either measured (times in ms: min, median, p80 of the repeats) or
-`{"measured": false, "reason": "..."}`. Work per unit is counted on the meta device (`work`).
+Every figure in the report is either measured (times in ms: min, p20, median, p80 of the repeats, and the same
+of the machine probe timed beside them) or `{"measured": false, "reason": "..."}`. Work per unit is counted on the
+meta device (`work`). The report also records the engine's outputs against eager float32 per stage
+(`correctness`) and which implementation of the native operations each implementation's calls ran.
 
 Modules: `sizes` (what each mode measures), `timing`, `figures`, `peaks` and `work` (counted FLOPs and bytes,
 percent of peak), `implementations` (the four, as `Engine.variant`s), `stages` (the callables timed, shared with
-`benches/test_bench_stages.py`), `streams`, `runner` and `run` (the run), `report`, `markdown`, `plot`, `files`
-and `provenance` (the output).
+`benches/test_bench_stages.py`), `correctness`, `streams`, `runner` and `run` (the run), `report`, `markdown`,
+`plot`, `files` and `provenance` (the output), `compare` (two reports as a regression gate).
 """
 
 from ..io.audio import SAMPLE_RATE

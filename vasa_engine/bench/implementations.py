@@ -5,6 +5,9 @@
   transformer, the renderer's warp + decode), on the reference ops, without the engine's CUDA graphs;
 - "engine": the engine as shipped (`backend="auto"`, its CUDA graphs).
 
+torch.compile and the engine run at the engine's dtype (float16 on CUDA, float32 on a CPU), as the engine does by
+default and as the kernel benchmarks measure.
+
 Each is an `Engine.variant` (or, for another dtype, an Engine built from the same weights), so each has stage
 objects and CUDA-graph caches of its own.
 """

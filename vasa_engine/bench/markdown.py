@@ -44,8 +44,18 @@ def _engine_only(cell: str) -> str:
     return " | ".join(cell if n == "engine" else "n/m" for n in IMPLEMENTATIONS)
 
 
+def _with_every_group(report: dict) -> dict:
+    """The report with an empty group for every figure a partial report has not reached yet (shown as n/m)."""
+    figs = {key: {} for key in ("audio_encoder", "renderer_batch_1", "renderer_best_batch", "end_to_end", "streaming")}
+    figs.update(report.get("figures", {}))
+    figs["motion_generator"] = {str(st): {} for st in STEPS} | figs.get("motion_generator", {})
+    return {**report, "figures": figs}
+
+
 def to_markdown(report: dict) -> str:
-    lines = _heading(report) + _figures(report) + _speedups(report["figures"]) + _work(report)
+    report = _with_every_group(report)
+    lines = (_heading(report) + _figures(report) + _correctness(report) + _native(report) + _speedups(report["figures"])
+             + _work(report))
     comp = report.get("compile", {})
     firsts = comp.get("first_call_seconds")
     if isinstance(firsts, dict) and firsts and firsts.get("measured") is not False:
@@ -73,6 +83,44 @@ def _heading(report: dict) -> list[str]:
                   f"{sz['motion_generator']}.", ""]
     if dev["type"] != "cuda":
         lines += [f"{ENGINE_ON_CPU}.", ""]
+    if "fp32_peak" in dev:
+        lines += [f"float32 figures against the {dev['fp32_peak']}.", ""]
+    if report.get("partial"):
+        lines += ["**Partial report: the run stopped before its last stage.**", ""]
+    return lines
+
+
+def _correctness(report: dict) -> list[str]:
+    check = report.get("correctness")
+    if not isinstance(check, dict):
+        return []
+    if not is_measured(check):
+        return ["", f"Correctness: {check.get('reason')}."]
+    lines = ["", f"Correctness, the engine ({check['dtype']}) against {check['reference']} on the same inputs "
+                 f"({'all within bounds' if check['ok'] else 'FAILED'}):", "",
+             "| stage | relative error | bound | result |", "| --- | --- | --- | --- |"]
+    for stage, r in check["stages"].items():
+        if not is_measured(r):
+            lines.append(f"| {stage} | n/m | | {r['reason']} |")
+        else:
+            result = "ok" if r["ok"] else "FAILED" + (f": {r['error']}" if r.get("error") else "")
+            lines.append(f"| {stage} | {r['rel_err']:.3g} | {r['bound']:g} | {result} |")
+    return lines
+
+
+def _native(report: dict) -> list[str]:
+    ops = {name: entry for name, entry in (report.get("native_ops") or {}).items() if entry}
+    if not ops:
+        return []
+    lines = ["", "Native operations, as each implementation's timed calls ran them:", "",
+             "| implementation | sampler step | keypoint transform |", "| --- | --- | --- |"]
+    for name, entry in ops.items():
+        cells = [" + ".join(entry.get(op, [])) or "not called" for op in ("sampler_step", "driving_keypoints")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    fallbacks = (report.get("native") or {}).get("cuda_fallbacks") or {}
+    if fallbacks:
+        lines += ["", "CUDA calls that ran the PyTorch reference: "
+                  + "; ".join(f"{op}: {why}" for op, why in fallbacks.items()) + "."]
     return lines
 
 

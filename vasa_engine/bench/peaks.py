@@ -66,12 +66,33 @@ def _cpu_peak_estimate() -> dict:
                       "FLOP/cycle (2 FMA units); bf16 and memory bandwidth unknown"}
 
 
+def tf32_state() -> dict:
+    """Whether float32 matrix products and convolutions may use TF32 tensor cores (process-wide switches, set by
+    vasa_engine.runtime.configure_cuda: off in the `vasa-engine` command)."""
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def _tf32_on() -> bool:
+    state = tf32_state()
+    return state["matmul"] and state["cudnn"]
+
+
+def fp32_peak_words(peak: dict) -> str:
+    """Which float32 peak percentages of float32 figures are taken against, and why."""
+    if not peak.get("measured"):
+        return f"none ({peak.get('reason')})"
+    tflops, key = compute_peak(peak, torch.float32)
+    state = "on" if _tf32_on() else "off"
+    kind = "TF32 tensor-core" if key == "tf32" else "non-tensor FP32"
+    value = f"{tflops:g} TFLOP/s" if tflops else "unknown"
+    return f"{kind} peak, {value} (TF32 {state} for matrix products and convolutions)"
+
+
 def compute_peak(peak: dict, dtype: torch.dtype) -> tuple[float | None, str]:
     """(TFLOP/s, the peak row's key) for `dtype`: float32 counts tensor cores only when TF32 is on for both matmuls
     and convolutions."""
     if dtype == torch.float32:
-        tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        key = "tf32" if tf32 and peak.get("tf32") else "fp32"
+        key = "tf32" if _tf32_on() and peak.get("tf32") else "fp32"
     else:
         key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     return peak.get(key), key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -13,24 +14,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def git_commit(folder: Path | None = None) -> dict:
-    """{"commit": short hash, "dirty": tracked files changed}, or "unknown" / None outside a checkout."""
+    """{"commit": short hash, "dirty": tracked files changed}; outside a checkout (a copied tree on a GPU machine)
+    $VASA_COMMIT when set, else "unknown", and dirty None."""
     folder = folder or REPO
+    outside = {"commit": os.environ.get("VASA_COMMIT") or "unknown", "dirty": None}
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True,
                              timeout=10)
         if sha.returncode != 0:
-            return {"commit": "unknown", "dirty": None}
+            return outside
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
                                 capture_output=True, text=True, timeout=10)
         return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None}
+        return outside
+
+
+def slug(name: str) -> str:
+    """A device name as a file-name word: lower case, runs of other characters as one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-device"
 
 
 def device_slug(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return "cpu" if device.type != "cuda" else slug(torch.cuda.get_device_name(device))
 
 
 def versions() -> dict:

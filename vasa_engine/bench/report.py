@@ -10,10 +10,11 @@ import torch
 
 from .figures import dtype_name, is_measured, not_measured
 from .implementations import ENGINE_ON_CPU, IMPLEMENTATIONS
+from .peaks import fp32_peak_words, tf32_state
 from .provenance import git_commit, versions
 from .sizes import SIZE_WORDS, STEPS
 
-SCHEMA = "vasa-engine-bench/1"
+SCHEMA = "vasa-engine-bench/2"
 RATIO_REFERENCES = ("eager fp32", "eager bf16", "torch.compile")
 
 
@@ -37,7 +38,8 @@ def header(options, sizes, device, peak, cfgs, impls, cache_words) -> dict:
         "quick": sizes.quick,
         "device": {"type": device.type, "name": device_name(device),
                    "cuda_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                   "threads": torch.get_num_threads(), "peak": peak},
+                   "threads": torch.get_num_threads(), "peak": peak, "tf32": tf32_state(),
+                   "fp32_peak": fp32_peak_words(peak)},
         "versions": versions(),
         "settings": {
             "dtypes": {name: dtype_name(i.dtype) for name, i in impls.items()},
@@ -112,17 +114,23 @@ def validate_report(report: dict) -> list[str]:
     """Problems with a report: a missing field, or a figure neither measured nor given a reason."""
     problems = []
     for key in ("schema", "date", "commit", "command", "mode", "device", "versions", "settings", "sizes",
-                "implementations", "figures", "compile", "total_seconds"):
+                "implementations", "figures", "compile", "total_seconds", "correctness", "native", "native_ops"):
         if key not in report:
             problems.append(f"missing {key}")
+    if report.get("partial"):
+        problems.append("partial report: the run stopped before its last stage")
+    correctness = report.get("correctness")
+    if isinstance(correctness, dict) and correctness.get("measured") is False and not correctness.get("reason"):
+        problems.append("correctness: not measured and no reason")
     for key in ("torch", "triton"):
         if key not in report.get("versions", {}):
             problems.append(f"missing versions.{key}")
     for key in ("dtypes", "batches", "steps"):
         if key not in report.get("settings", {}):
             problems.append(f"missing settings.{key}")
-    if "peak" not in report.get("device", {}):
-        problems.append("missing device.peak")
+    for key in ("peak", "tf32", "fp32_peak"):
+        if key not in report.get("device", {}):
+            problems.append(f"missing device.{key}")
     for path, fig in figure_paths(report):
         problems += _check_figure(path, fig)
     return problems

@@ -1,5 +1,7 @@
-"""One bench run: resolve the device, sizes and dtype, build the implementations, count the work, measure every
-figure, then derive the speed-ups and the list of what was not measured."""
+"""One bench run: resolve the device, sizes and dtype, build the implementations, count the work, check the engine's
+outputs against eager float32, measure every figure, then derive the speed-ups and the list of what was not
+measured. `Options.checkpoint`, when given, receives the report after each figure (marked `"partial": true`), so a
+run stopped part-way still leaves what it measured."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -27,7 +30,7 @@ QUICK_ORDER = ("engine", "torch.compile", "eager bf16", "eager fp32")  # --quick
 class Options:
     mode: str = "auto"
     device: str = "auto"
-    dtype: str = "auto"  # compiled and engine dtype: bfloat16 on CUDA, float32 on a CPU
+    dtype: str = "auto"  # compiled and engine dtype: the engine's own (float16 on CUDA, float32 on a CPU)
     quick: bool = False
     full_size: bool = False
     batches: tuple[int, ...] | None = None
@@ -38,6 +41,7 @@ class Options:
     time_budget: float | None = None
     fresh_compile_cache: bool = True
     command: str = ""
+    checkpoint: Callable[[dict], None] | None = None  # receives the report so far after each figure
 
 
 @contextmanager
@@ -73,18 +77,45 @@ def _prepare_avatars(impls: dict) -> None:
                 impl.avatar = exc
 
 
+def native_summary(device: torch.device) -> dict:
+    """The native extension as this run found it: what its operations run on the device, and every CUDA call that
+    fell back to the PyTorch reference, with the reason (report["native_ops"] has each implementation's calls)."""
+    from .. import native
+
+    info = native.extension_info()
+    return {"on_device": native.implementation(device), "cuda_fallbacks": native.cuda_fallbacks(),
+            "built": info["built"], "cuda_built": info["cuda_built"], "cuda_archs": info["cuda_archs"],
+            "cuda_reason": info["cuda_reason"]}
+
+
+@contextmanager
+def _cpu_threads(count: int | None, device: torch.device):
+    """torch's CPU threads set to `count` for the run (on a CPU device), restored after."""
+    before = torch.get_num_threads()
+    if count and device.type == "cpu":
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_bench(options: Options) -> dict:
     """Measure every figure; returns the report (see benches/README.md)."""
-    from ..runtime import device_name, resolve_device, resolve_dtype
+    from ..runtime import resolve_device
 
-    budget = Budget(options.time_budget)
     device = resolve_device(options.device)
     sizes = sizes_for(options.mode, device, quick=options.quick, full_size=options.full_size,
                       batches=options.batches, steps=options.steps)
-    if options.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = resolve_dtype(options.dtype, device)
+    with _cpu_threads(sizes.cpu_threads, device):
+        return _run(options, device, sizes)
+
+
+def _run(options: Options, device: torch.device, sizes) -> dict:
+    from ..runtime import device_name, resolve_dtype
+
+    budget = Budget(options.time_budget)
+    dtype = resolve_dtype(options.dtype, device)  # "auto": the engine's default dtype on the device
     skip = tuple(IMPL_KEYS.get(s, s) for s in options.skip)
     peak = device_peak(device)
     budget.log(f"bench mode {sizes.mode} on {device_name(device)}: building the modules")
@@ -108,7 +139,17 @@ def run_bench(options: Options) -> dict:
             work = None
             report["work"] = not_measured(f"counting failed: {error_reason(exc)}")
         budget.log("work counted; measuring")
-        Runner(budget, device, sizes, impls, order, work, peak, report).run(cfgs)
+        report["partial"] = True
+
+        def checkpoint(partial: dict) -> None:
+            partial["native"] = native_summary(device)
+            partial["total_seconds"] = budget.elapsed
+            options.checkpoint(partial)
+
+        Runner(budget, device, sizes, impls, order, work, peak, report,
+               checkpoint if options.checkpoint is not None else None).run(cfgs)
+    report["partial"] = False
+    report["native"] = native_summary(device)
     add_ratios(report)
     report["compile"] = {"mode": sizes.compile_mode, "cache": cache_words,
                          "first_call_seconds": impls["torch.compile"].compile_seconds if "torch.compile" in impls

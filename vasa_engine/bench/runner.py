@@ -1,6 +1,8 @@
 """Fills the report's figures, stage by stage, for every implementation: what blocks a measurement (--skip, an
-implementation that cannot run, the time budget), the first call of torch.compile timed apart, and each timed
-figure's units, counted work and percent of peak."""
+implementation that cannot run, the time budget), the first call of torch.compile timed apart, each timed
+figure's units, counted work and percent of peak, and which implementation of the native operations (sampler step,
+keypoint transform) each implementation's calls ran. The engine's outputs are checked against eager float32 first
+(`correctness`), and the report so far is handed to `checkpoint` after each figure and each stage."""
 
 from __future__ import annotations
 
@@ -8,14 +10,16 @@ import time
 
 import torch
 
+from .. import native
 from ..io.audio import SAMPLE_RATE
+from .correctness import REFERENCE_IMPL, audio_windows, check_engine, motion_features
 from .figures import dtype_name, error_reason, is_measured, not_measured
 from .implementations import IMPLEMENTATIONS, Implementation
 from .sizes import FPS, STEPS
 from .stages import (audio_encoder_stage, end_to_end_stage, motion_generator_stage, renderer_stage,
                      speech_clip)
 from .streams import stream_concurrently, stream_once
-from .timing import StageFn, sync, time_call
+from .timing import PROBE_SIZES, StageFn, machine_probe, sync, time_call
 from .work import attach_work, work_for
 
 SKIPPED = "skipped (--skip)"
@@ -27,26 +31,59 @@ CONCURRENT_RULE = ("a count keeps up when, for every stream, the median latency 
 class Runner:
     """Fills report["figures"]: one entry per implementation for every figure."""
 
-    def __init__(self, budget, device, sizes, impls, order, work, peak, report):
+    def __init__(self, budget, device, sizes, impls, order, work, peak, report, checkpoint=None):
         self.budget, self.device, self.sizes, self.impls, self.order = budget, device, sizes, impls, order
         self.work, self.peak, self.report = work, peak, report
         self.figures = report["figures"]
+        self.native_ops = report.setdefault("native_ops", {})
+        self.checkpoint = checkpoint or (lambda report: None)
+        self.probe = machine_probe(device)
+        size = PROBE_SIZES.get(device.type, PROBE_SIZES["cpu"])
+        report["settings"]["machine_probe"] = (f"{size}x{size} float32 matrix products through tanh, 4 rounds, timed "
+                                               "before every repeat (probe_ms of each figure)")
 
     def run(self, cfgs: dict) -> None:
-        self.audio_encoder(cfgs)
-        self.motion_generator(cfgs)
-        self.renderer()
-        self.end_to_end()
-        self.streaming()
+        for stage in (self.correctness, self.audio_encoder, self.motion_generator, self.renderer, self.end_to_end,
+                      self.streaming):
+            stage(cfgs)
+            self.checkpoint(self.report)
 
-    def _blocked(self, impl: Implementation, skip_reason: str | None = None) -> str | None:
+    def _native_used(self, impl: Implementation) -> None:
+        """Adds what native recorded since the last call to `impl`'s entry of report["native_ops"]."""
+        entry = self.native_ops.setdefault(impl.name, {})
+        for op, used in native.usage().items():
+            entry[op] = sorted(set(entry.get(op, [])) | set(used))
+        native.reset_usage()
+
+    def correctness(self, cfgs):
+        pair = {"engine": self.impls.get("engine"), REFERENCE_IMPL: self.impls.get(REFERENCE_IMPL)}
+        for name, impl in pair.items():
+            why = SKIPPED if impl is None else self._blocked(impl, budget=False)
+            if why is None and isinstance(impl.avatar, Exception):
+                why = f"portrait preparation failed: {error_reason(impl.avatar)}"
+            if why:
+                self.report["correctness"] = not_measured(f"not checked: {name} {why}")
+                return
+        engine, reference = pair["engine"], pair[REFERENCE_IMPL]
+        self.budget.log(f"correctness: engine against {REFERENCE_IMPL}")
+        native.reset_usage()
+        try:
+            self.report["correctness"] = check_engine(engine.engine, engine.avatar, reference.engine,
+                                                      reference.avatar, cfgs, steps=max(self.sizes.steps),
+                                                      batch=min(2, max(self.sizes.batches)),
+                                                      windows=self.sizes.audio_windows)
+        except Exception as exc:
+            self.report["correctness"] = not_measured(f"failed: {error_reason(exc)}")
+        native.reset_usage()
+
+    def _blocked(self, impl: Implementation, skip_reason: str | None = None, budget: bool = True) -> str | None:
         if impl.name not in self.impls:
             return SKIPPED
         if impl.error:
             return f"cannot run: {impl.error}"
         if skip_reason:
             return skip_reason
-        if self.budget.spent():
+        if budget and self.budget.spent():
             return self.budget.reason()
         return None
 
@@ -61,6 +98,7 @@ class Runner:
                  first_call: bool = True) -> dict:
         self.budget.log(f"{label}: {impl.name}")
         sizes = self.sizes
+        native.reset_usage()
         try:
             if impl.name == "torch.compile" and self.device.type == "cuda":
                 inner = fn
@@ -76,11 +114,13 @@ class Runner:
                 impl.compile_seconds[label] = first
                 self.budget.log(f"  first call (compile included): {first:.1f} s")
             fig = time_call(fn, self.device, warmup=sizes.warmup if warmup is None else warmup,
-                            repeats=repeats or sizes.repeats, repeat_seconds=sizes.repeat_seconds)
+                            repeats=repeats or sizes.repeats, repeat_seconds=sizes.repeat_seconds, probe=self.probe)
         except Exception as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return not_measured(f"failed: {error_reason(exc)}")
+        finally:
+            self._native_used(impl)
         fig["unit"] = unit
         fig["units_per_call"] = units
         fig["ms_per_unit"] = fig["ms"]["median"] / units
@@ -101,6 +141,7 @@ class Runner:
                 fig[name] = not_measured(why)
             else:
                 yield impl
+                self.checkpoint(self.report)  # each figure as soon as it is measured
 
     @staticmethod
     def _fill_skipped(fig: dict) -> None:
@@ -109,8 +150,7 @@ class Runner:
 
     def audio_encoder(self, cfgs):
         fig = self.figures["audio_encoder"] = {}
-        window = cfgs["motion"].n_motions * SAMPLE_RATE // FPS
-        windows = 0.1 * torch.randn(self.sizes.audio_windows, window, generator=torch.Generator().manual_seed(1))
+        windows = audio_windows(cfgs, self.sizes.audio_windows)
         seconds = windows.numel() / SAMPLE_RATE
         for impl in self._runnable(fig):
             fig[impl.name] = self._measure(impl, "audio encoder", audio_encoder_stage(impl.engine, windows), seconds,
@@ -118,9 +158,8 @@ class Runner:
         self._fill_skipped(fig)
 
     def motion_generator(self, cfgs):
-        mcfg = cfgs["motion"]
         self.figures["motion_generator"] = {}
-        features = torch.randn(1, mcfg.n_motions, mcfg.feature_dim, generator=torch.Generator().manual_seed(2))
+        features = motion_features(cfgs)
         warmed: set[str] = set()  # the step counts share their shapes: one warm-up per implementation
         for steps in STEPS:
             fig = self.figures["motion_generator"][str(steps)] = {}
@@ -134,7 +173,7 @@ class Runner:
                 warmed.add(impl.name)
             self._fill_skipped(fig)
 
-    def renderer(self):
+    def renderer(self, cfgs=None):
         from ..motion_script import scripted_motion
 
         scan = self.figures["renderer_scan"] = {}
@@ -152,6 +191,7 @@ class Runner:
                 fig = self._measure(impl, f"renderer, batch {batch}", fn, batch, "frame", "renderer", batch=batch)
                 fig["batch"] = batch
                 scan[name][str(batch)] = fig
+                self.checkpoint(self.report)
                 if not is_measured(fig) and "out of memory" in fig["reason"].lower():
                     for b in self.sizes.batches:
                         if b > batch:
@@ -169,7 +209,7 @@ class Runner:
                 reasons = {f["reason"] for f in runs.values()}
                 best[name] = not_measured("; ".join(sorted(reasons)) or "no batch size measured")
 
-    def end_to_end(self):
+    def end_to_end(self, cfgs=None):
         from ..generation import Controls
 
         fig = self.figures["end_to_end"] = {}
@@ -190,7 +230,7 @@ class Runner:
             fig[impl.name] = f
         self._fill_skipped(fig)
 
-    def streaming(self):
+    def streaming(self, cfgs=None):
         fig = self.figures["streaming"] = {}
         for name in IMPLEMENTATIONS:
             if name != "engine":
@@ -202,6 +242,7 @@ class Runner:
             fig["engine"] = not_measured(why)
             return
         self.budget.log(f"streaming latency ({self.sizes.stream_seconds:g} s of speech, pushed in real time): engine")
+        native.reset_usage()
         try:
             warm = speech_clip(min(1.0, self.sizes.stream_seconds))
             stream_once(impl.engine, impl.avatar, warm)  # warm-up: first-call allocations, graph capture
@@ -210,6 +251,8 @@ class Runner:
         except Exception as exc:
             fig["engine"] = not_measured(f"failed: {error_reason(exc)}")
             return
+        finally:
+            self._native_used(impl)
         fig["engine"]["concurrent"] = self._concurrent_streams(impl)
 
     def _concurrent_streams(self, impl: Implementation) -> dict:

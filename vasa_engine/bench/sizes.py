@@ -31,6 +31,10 @@ class Sizes:
     compile_all: bool = True  # False: torch.compile only on the first shape of each stage, no end to end
     stream_seconds: float = 4.0  # speech pushed in real time for the streaming latency
     stream_counts: tuple[int, ...] = (1, 2)  # concurrent streams tried, in order, until one count falls behind
+    # CPU threads of the run (None: torch's default). One in smoke mode: on a shared CI machine a pool of every core
+    # stalls at each barrier while another process holds a core (slow-downs of 10-100x were seen), one thread is
+    # only time-sliced, so the noise between runs stays within what `vasa-engine compare` can allow for.
+    cpu_threads: int | None = None
 
 
 MODES = {
@@ -41,8 +45,8 @@ MODES = {
                  e2e_seconds=1.0, warmup=1, repeats=3, e2e_repeats=1, repeat_seconds=4.0, compile_mode="default",
                  stream_seconds=2.0),
     "smoke": Sizes("smoke", "tiny", "tiny", "tiny", audio_windows=1, batches=(1, 2), steps=STEPS, e2e_seconds=0.12,
-                   warmup=0, repeats=1, e2e_repeats=1, repeat_seconds=1.0, compile_mode="dynamo-only",
-                   stream_seconds=0.5),
+                   warmup=1, repeats=5, e2e_repeats=3, repeat_seconds=1.0, compile_mode="dynamo-only",
+                   stream_seconds=0.5, cpu_threads=1),
 }
 QUICK_GPU = dict(batches=(1, 8, 32), e2e_seconds=8.0, warmup=2, repeats=10, e2e_repeats=2, repeat_seconds=3.0,
                  quick=True, stream_seconds=6.0, stream_counts=(1, 4, 8))

@@ -63,14 +63,30 @@ def end_to_end_stage(engine, avatar, samples, controls=None, batch_size: int | N
     return run
 
 
-def speech_clip(seconds: float):
-    """The bundled speech at 16 kHz, repeated or cut to `seconds` (float32 numpy samples)."""
+def bundled_speech():
+    """The bundled speech (a 16 kHz mono 16-bit WAV) as float32 samples, read with the standard library's `wave`, so
+    the bench needs no PyAV (GPU machines often have none); another format goes through `load_audio`."""
+    import wave
+
     import numpy as np
 
     from ..cli import sample_speech
     from ..io.audio import load_audio
 
-    speech = load_audio(sample_speech())
+    path = sample_speech()
+    with wave.open(str(path)) as w:
+        if w.getframerate() != SAMPLE_RATE or w.getsampwidth() != 2:
+            return load_audio(path)
+        channels = w.getnchannels()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, channels)
+    return (pcm.astype(np.float32) / 32768.0).mean(axis=1, dtype=np.float32)
+
+
+def speech_clip(seconds: float):
+    """The bundled speech at 16 kHz, repeated or cut to `seconds` (float32 numpy samples)."""
+    import numpy as np
+
+    speech = bundled_speech()
     n = int(round(seconds * SAMPLE_RATE))
     reps = -(-n // len(speech))
     return np.tile(speech, reps)[:n].astype(np.float32)

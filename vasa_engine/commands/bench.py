@@ -1,7 +1,8 @@
 """`vasa-engine bench`: the eager reference (fp32, bf16), torch.compile and the engine, stage by stage, side by side.
 
 Writes a JSON report and a markdown table (and a PNG of frames per second against batch size when matplotlib is
-installed), then prints the table. The measurement core is `vasa_engine.bench`.
+installed), then prints the table. The JSON is also written after each stage, marked `"partial": true`, so a run
+that is stopped (a time limit, Ctrl-C) leaves what it measured. The measurement core is `vasa_engine.bench`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
                                    "percent of the device's peak. See benches/README.md.")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="gpu: full sizes, torch.compile max-autotune; cpu: reduced sizes that finish in minutes on "
-                        "2 cores, torch.compile default mode; smoke: the smallest sizes, one repeat, compile traced "
+                        "2 cores, torch.compile default mode; smoke: the smallest sizes, a few repeats, compile traced "
                         "only (CI); auto (default): gpu on CUDA, cpu otherwise")
     p.add_argument("--quick", action="store_true",
                    help="a short run: fewer batch sizes and repeats, the engine's figures first")
@@ -64,8 +65,9 @@ def add_parser(sub) -> None:
                    help="leave an implementation out (repeatable); its figures say so")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto",
-                   help="dtype of the torch.compile and engine implementations: auto (bfloat16 on CUDA, float32 on "
-                        "a CPU), float32, float16 or bfloat16; the eager reference runs float32 and bfloat16")
+                   help="dtype of the torch.compile and engine implementations: auto (the engine's default: "
+                        "float16 on CUDA, float32 on a CPU), float32, float16 or bfloat16; the eager reference runs "
+                        "float32 and bfloat16")
     p.add_argument("--weights", action="append",
                    help="engine weights (repeatable); default: seeded random weights at the mode's sizes")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
@@ -115,7 +117,8 @@ def cmd_bench(args) -> int:
                             full_size=args.full_size, batches=args.batches, steps=args.steps,
                             skip=tuple(args.skip), weights=args.weights, seed=args.seed,
                             time_budget=args.time_budget, fresh_compile_cache=not args.warm_compile_cache,
-                            command=command_line(args))
+                            command=command_line(args),
+                            checkpoint=lambda partial: bench.write_atomic(json_path, bench.to_json(partial)))
     report = bench.run_bench(options)
     if plot_path is not None:
         why = bench.write_plot(report, plot_path)
