@@ -324,6 +324,21 @@ class Engine:
         motion = self.generate_motion(avatar, audio, controls, sample_rate=sample_rate, max_seconds=max_seconds)
         return np.concatenate(list(self.render_batches(avatar, motion, batch_size, paste_back=paste_back)))
 
+    def dub(self, video, audio, controls: Controls | None = None, *, mode: str = "lips", on_long: str = "error",
+            strength: float = 1.0, fade_frames: int = 6, **options):
+        """Lip-sync an existing video to new speech: every frame re-rendered from its own face crop with its own
+        head pose, the expression from motion generated for the speech (mode "lips": the lip keypoints only;
+        "expression": the whole generated change), strength (0..1) blending from the frame's own expression, the
+        face pasted back at full resolution. on_long: "error" or "loop" (speech longer than the video);
+        fade_frames: the cross-fade back to the original after the speech. video: a path or a
+        vasa_engine.dubbing.SourceVideo. Other options (max_frames, sample_rate, max_seconds, encode_batch):
+        vasa_engine.dubbing.dub. Returns a DubResult: frames at the source's size and frame rate, the speech, the
+        per-frame driving parameters and a DubReport."""
+        from .dubbing import dub
+
+        return dub(self, video, audio, controls, mode=mode, on_long=on_long, strength=strength,
+                   fade_frames=fade_frames, **options)
+
     def stream(self, avatar: Avatar, controls: Controls | None = None, **settings):
         """A streaming session: speech chunks in (`push`), frames out as they are ready, bounded latency. Settings
         (chunk_ms, lookahead_ms, past_ms, idle, ...) and the design: vasa_engine.streaming. Close it when done."""
