@@ -94,8 +94,9 @@ def gpu_tests(tests_dir: Path | None = None, workers: int | None = None, devices
         count = torch.cuda.device_count() if devices is None else devices
         n = xdist_workers() if workers is None else workers
         junit = Path(tempfile.mkdtemp(prefix="vasa-gpu-tests-")) / "junit.xml"
+        # the test names in the report are relative to the rootdir: pin it, whatever folder the suite runs from
         cmd = python("-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider", "--tb=short",
-                     f"--junitxml={junit}")
+                     f"--junitxml={junit}", f"--rootdir={tests_dir}")
         if n > 1:
             cmd += ["-n", str(n), "--dist", "loadfile"]
         details = {"workers": n, "parallel": "pytest-xdist" if n > 1 else "serial (pytest-xdist not installed)"}
