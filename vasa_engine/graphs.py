@@ -28,6 +28,7 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
+from .errors import first_line
 from .runtime import device_context
 
 log = logging.getLogger("vasa_engine")
@@ -38,11 +39,6 @@ _capture_streams: dict[int, torch.cuda.Stream] = {}  # device index -> its captu
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
@@ -61,7 +57,7 @@ def _new_capture_stream(index: int) -> torch.cuda.Stream:
         return torch.cuda.ExternalStream(_driver_stream(index), device=torch.device("cuda", index))
     except Exception as exc:  # noqa: BLE001 - any failure here leaves torch's own streams, which still work
         log.warning("warning: no dedicated CUDA stream for graph captures (%s); using a pooled stream",
-                    _one_line(exc))
+                    first_line(exc))
         return torch.cuda.Stream(index)
 
 
@@ -224,7 +220,7 @@ class GraphCache:
             try:
                 call = CapturedCall(fn, inputs, device, pool=self._pool)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly, say why once
-                self.failed[key] = reason = _one_line(exc)
+                self.failed[key] = reason = first_line(exc)
                 log.warning("warning: CUDA graph capture of the %s failed (%s); running it eagerly", self.name, reason)
                 return fn(*inputs)  # on the caller's stream, which is not capturing (see run)
             self._pool = call.pool

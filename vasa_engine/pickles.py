@@ -23,7 +23,7 @@ try:
 except ImportError:  # NumPy 1.x
     from numpy.core.multiarray import _reconstruct
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, first_line
 
 # (module, name) pairs a plain pickle may reference. NumPy moved its internals from numpy.core to numpy._core.
 _NUMPY_GLOBALS = {
@@ -44,12 +44,6 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _NUMPY_GLOBALS or (module, name) in _OTHER_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_plain_pickle(path: str | os.PathLike):

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..pickles import first_line, load_torch_checkpoint
+from ..errors import first_line
+from ..pickles import load_torch_checkpoint
 
 
 def read_torch_checkpoint(path: str | os.PathLike, allow_namespace: bool = False) -> dict:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.video import _one_line, _open_for_reading
+from ..errors import one_line
+from ..io.video import open_for_reading
 
 # Frame intervals may differ from the nominal one by this fraction (timestamp rounding in the container) before a
 # video counts as variable-frame-rate.
@@ -45,7 +46,7 @@ def upright(image: np.ndarray, rotation: int) -> np.ndarray:
 def read_source_video(path: str | os.PathLike, max_frames: int | None = None) -> SourceVideo:
     """Decode every frame (at most max_frames) upright. One-line InputError for a file that is not a video, has no
     video stream, no decodable frame, no frame rate, or a variable frame rate."""
-    container, p = _open_for_reading(path)
+    container, p = open_for_reading(path)
     frames, times, rotation = [], [], 0
     with container:
         stream = container.streams.video[0]
@@ -59,7 +60,7 @@ def read_source_video(path: str | os.PathLike, max_frames: int | None = None) ->
                     break
         except Exception as e:  # av.error.FFmpegError and friends
             if not frames:
-                raise InputError(f"corrupt video ({_one_line(e)}): {p}") from None
+                raise InputError(f"corrupt video ({one_line(e)}): {p}") from None
     if not frames:
         raise InputError(f"no decodable video frames in file: {p}")
     fps = float(rate) if rate else 0.0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
-from ..pickles import first_line
+from ..errors import first_line
 from .catalogue import DEFAULT_GROUPS, HubFile, select
 from .conversion import GroupResult, check_and_convert
 from .paths import check_cache_dir, group_dir, offline_requested, resolve_cache_dir

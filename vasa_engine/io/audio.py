@@ -20,7 +20,7 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 __all__ = [
     "SAMPLE_RATE",
@@ -169,11 +169,6 @@ def write_wav(path: PathLike, samples: Any, sample_rate: int = SAMPLE_RATE) -> P
 
 # ----------------------------------------------------------------------------------------------------
 # internals
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
 
 
 def _path_name(path) -> str:
@@ -419,8 +414,8 @@ def _from_path(path, limit: Optional[float]) -> np.ndarray:
     except PermissionError:
         raise InputError(f"audio file not readable (permission denied): {name}") from None
     except (OSError, av.FFmpegError, ValueError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or _one_line(e)
-        raise InputError(f"not an audio file, or corrupt ({_one_line(reason)}): {name}") from None
+        reason = getattr(e, "strerror", None) or one_line(e)
+        raise InputError(f"not an audio file, or corrupt ({one_line(reason)}): {name}") from None
 
     with container:
         if not container.streams.audio:
@@ -443,8 +438,8 @@ def _from_path(path, limit: Optional[float]) -> np.ndarray:
         except InputError:
             raise
         except (av.FFmpegError, OSError, ValueError, EOFError) as e:
-            reason = getattr(e, "strerror", None) or _one_line(e)
-            raise InputError(f"corrupt audio ({_one_line(reason)}): {name}") from None
+            reason = getattr(e, "strerror", None) or one_line(e)
+            raise InputError(f"corrupt audio ({one_line(reason)}): {name}") from None
 
     if decoder.duration == 0:
         raise InputError(f"audio decodes to no samples: {name}")

@@ -13,7 +13,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 __all__ = [
     "MIN_IMAGE_SIDE",
@@ -167,11 +167,11 @@ def _from_path(path) -> np.ndarray:
         except UnidentifiedImageError:
             raise InputError(f"not an image (or an unsupported format): {name}") from None
         except Image.DecompressionBombError as e:
-            raise InputError(f"image too large to decode safely ({_one_line(e)}): {name}") from None
+            raise InputError(f"image too large to decode safely ({one_line(e)}): {name}") from None
         except PermissionError:
             raise InputError(f"image not readable (permission denied): {name}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise InputError(f"truncated or corrupt image ({_one_line(e)}): {name}") from None
+            raise InputError(f"truncated or corrupt image ({one_line(e)}): {name}") from None
         with im:
             fmt = (im.format or "").upper()
             if fmt not in SUPPORTED_FORMATS:
@@ -182,18 +182,13 @@ def _from_path(path) -> np.ndarray:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
-
-
 def _from_pil(im: Image.Image, name: str) -> np.ndarray:
     try:
         im.load()  # full decode: a truncated or corrupt file fails here, not later
     except Image.DecompressionBombError as e:
-        raise InputError(f"image too large to decode safely ({_one_line(e)}): {name}") from None
+        raise InputError(f"image too large to decode safely ({one_line(e)}): {name}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
-        raise InputError(f"truncated or corrupt image ({_one_line(e)}): {name}") from None
+        raise InputError(f"truncated or corrupt image ({one_line(e)}): {name}") from None
 
     try:
         upright = ImageOps.exif_transpose(im)
@@ -209,7 +204,7 @@ def _from_pil(im: Image.Image, name: str) -> np.ndarray:
     except InputError:
         raise
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot convert image of mode {upright.mode} to RGB ({_one_line(e)}): {name}") from None
+        raise InputError(f"cannot convert image of mode {upright.mode} to RGB ({one_line(e)}): {name}") from None
 
 
 def _pil_to_rgb(im: Image.Image) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 __all__ = [
     "SYNTHETIC_COMMENT",
@@ -74,10 +74,6 @@ _STANDARD_MP4_TAGS = frozenset(
 
 PathLike = Union[str, "os.PathLike[str]"]
 AudioInput = Tuple[Any, int]
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
 
 
 class VideoWriter:
@@ -278,7 +274,7 @@ class VideoWriter:
             container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": movflags})
         except (OSError, av.error.FFmpegError) as e:
             self.abort()
-            raise InputError(f"cannot open output video ({_one_line(e)}): {self.path}") from None
+            raise InputError(f"cannot open output video ({one_line(e)}): {self.path}") from None
         self._container = container
         try:
             for key, value in self.metadata.items():
@@ -414,7 +410,7 @@ def _check_audio(audio) -> Optional[Tuple[np.ndarray, int]]:
     return np.ascontiguousarray(np.clip(a, -1.0, 1.0)), int(rate)
 
 
-def _open_for_reading(path: PathLike):
+def open_for_reading(path: PathLike):
     import av
 
     p = Path(os.fspath(path))
@@ -441,7 +437,7 @@ def read_video_info(path: PathLike) -> dict:
     (seconds, float), ``has_audio`` (bool), ``metadata`` (container tags, dict of str), plus ``codec``,
     ``pix_fmt``, ``audio_codec``, ``audio_sample_rate`` and ``audio_channels`` (``None`` without audio).
     """
-    container, p = _open_for_reading(path)
+    container, p = open_for_reading(path)
     with container:
         v = container.streams.video[0]
         rate = v.average_rate or v.guessed_rate or v.base_rate
@@ -474,7 +470,7 @@ def read_video_info(path: PathLike) -> dict:
 
 def read_video_frames(path: PathLike, max_frames: Optional[int] = None) -> np.ndarray:
     """Decode a video's frames as ``uint8`` RGB, shape (N, H, W, 3) (at most ``max_frames`` of them)."""
-    container, p = _open_for_reading(path)
+    container, p = open_for_reading(path)
     out = []
     with container:
         try:
@@ -483,7 +479,7 @@ def read_video_frames(path: PathLike, max_frames: Optional[int] = None) -> np.nd
                 if max_frames is not None and len(out) >= max_frames:
                     break
         except Exception as e:  # av.error.FFmpegError and friends
-            raise InputError(f"corrupt video ({_one_line(e)}): {p}") from None
+            raise InputError(f"corrupt video ({one_line(e)}): {p}") from None
     if not out:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.stack(out)
