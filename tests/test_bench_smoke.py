@@ -87,6 +87,11 @@ def test_smoke_report_carries_every_figure(smoke_run):
     concurrent = figures["streaming"]["engine"]["concurrent"]
     assert concurrent["counts"]["1"]["measured"] and concurrent["counts"]["1"]["streams"] == 1
     assert concurrent["max_streams"] in (0, 1, 2) and "| concurrent real-time streams |" in md_text(smoke_run)
+    batched = concurrent["counts"]["1"]["scheduler"]  # the same count through the device scheduler, same run
+    assert batched["measured"] and batched["batched"] and batched["streams"] == 1, batched
+    assert batched["aggregate_fps"] > 0 and batched["per_stream_fps"] > 0 and batched["missed_deadlines"] >= 0
+    assert concurrent["max_streams_scheduler"] in (0, 1, 2)
+    assert "| 1 streams, per-session threads vs device scheduler |" in md_text(smoke_run)
     assert report["engine_note"] == bench.ENGINE_ON_CPU
     assert report["sizes"]["reduced"] is True
     assert report["device"]["threads"] == 1 and "1 threads" in report["device"]["name"]  # smoke: one thread
@@ -261,6 +266,7 @@ def test_concurrent_streams_rule(monkeypatch, drift, lag, keeps_up):
     out = bench.stream_concurrently(None, None, None, 3)
     assert len(calls) == 3 and out["streams"] == 3 and out["keeps_up"] is keeps_up
     assert out["frames"] == 75 and out["latency_drift_ms"] == drift and out["push_lag_ms"] == lag
+    assert out["per_stream_fps"] == 24.0 and out["aggregate_fps"] > 0 and out["batched"] is False
 
 
 def test_the_report_is_written_after_every_figure():

@@ -127,6 +127,15 @@ class Engine:
         self.frame_renderer = FrameRenderer(self.renderer, self.device, self.backend, self.cuda_graphs)
         self._sampler_graphs = GraphCache("sampler loop", enabled=self.cuda_graphs)
         self._audio_stage = self._motion_sampler = None
+        self._scheduler = None
+
+    @property
+    def scheduler(self):
+        """The device scheduler (vasa_engine.scheduler.DeviceScheduler) of this engine's batched streams, created on
+        first use."""
+        from .scheduler import DeviceScheduler
+
+        return DeviceScheduler.of(self)
 
     def variant(self, *, backend: str | None = None, cuda_graphs: bool | None = None,
                 compile_mode: str | None = None) -> "Engine":
@@ -341,7 +350,9 @@ class Engine:
 
     def stream(self, avatar: Avatar, controls: Controls | None = None, **settings):
         """A streaming session: speech chunks in (`push`), frames out as they are ready, bounded latency. Settings
-        (chunk_ms, lookahead_ms, past_ms, idle, ...) and the design: vasa_engine.streaming. Close it when done."""
+        (chunk_ms, lookahead_ms, past_ms, idle, ...) and the design: vasa_engine.streaming. Close it when done.
+        batched=True hands its motion windows and frames to the engine's `scheduler`, batched with every other
+        batched session's (vasa_engine.scheduler)."""
         from .streaming import StreamSession
 
         return StreamSession(self, avatar, controls, **settings)

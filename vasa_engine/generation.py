@@ -6,14 +6,16 @@ previous one, all windows starting from the same noise. Frame j of the padded cl
 original frame j - 2, so the two lead-in frames are dropped after driving (`LEAD_IN_FRAMES`).
 
 `MotionSampler` is the stage an engine owns: one guided window (`window`; every guidance branch of a step in one
-batched forward), or every window of a clip chained in order (`sample_windows`). On CUDA each window's whole
-sampler loop is one captured graph, keyed by what fixes its shape and kernels, and shared by every caller of the
-engine (offline generation and every stream).
+batched forward), the windows of several streams in one batch (`windows`, for the device scheduler), or every
+window of a clip chained in order (`sample_windows`). On CUDA each window's whole sampler loop is one captured
+graph, keyed by what fixes its shape and kernels, and shared by every caller of the engine (offline generation and
+every stream).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 
@@ -21,6 +23,7 @@ from . import backend
 from .audio_features import JOYVASA_CLIP_PAD, SAMPLES_PER_VIDEO_FRAME
 from .controls import SAMPLERS, Controls, check_for_model
 from .driving import LIP_KEYPOINTS, MotionTemplate, euler_from_rotation, relative_driving
+from .frames import pad_rows, row_bucket
 from .graphs import GraphCache
 from .models.motion_generator import MotionGenerator
 from .runtime import device_context
@@ -29,8 +32,9 @@ from .sampling import sample, sample_ddpm
 LEAD_IN_FRAMES = JOYVASA_CLIP_PAD[0] // SAMPLES_PER_VIDEO_FRAME
 
 __all__ = ["LEAD_IN_FRAMES", "LIP_KEYPOINTS", "SAMPLERS", "Controls", "GuidedDenoiser", "MotionSampler",
-           "MotionTemplate", "check_controls", "clip_motion", "euler_from_rotation", "generate_windows", "guidance_scales",
-           "model_conditions", "output_frames", "relative_driving", "sample_window", "start_noise"]
+           "MotionTemplate", "WindowRequest", "batch_key", "check_controls", "clip_motion", "euler_from_rotation",
+           "generate_windows", "guidance_scales", "model_conditions", "output_frames", "relative_driving",
+           "sample_window", "start_noise"]
 
 
 def output_frames(num_samples: int) -> int:
@@ -179,6 +183,26 @@ def generate_windows(model: MotionGenerator, features: torch.Tensor, controls: C
                                   denoiser_factory=denoiser_factory)
 
 
+@dataclass
+class WindowRequest:
+    """One stream's window for `MotionSampler.windows`: what `MotionSampler.window` takes, as one row."""
+
+    audio: torch.Tensor  # (1, L, d)
+    prev_motion: torch.Tensor | None  # (1, Lp, M) or None: the learned start context
+    prev_audio: torch.Tensor | None
+    controls: Controls
+    x_T: torch.Tensor  # (1, L, M) float32
+    conditions: dict[str, torch.Tensor] = field(default_factory=dict)
+    ddpm_generator: torch.Generator | None = None
+
+
+def batch_key(request: WindowRequest) -> tuple:
+    """What rows must share to run in one batched sampler loop."""
+    c = request.controls
+    return (c.sampler, c.steps, tuple(sorted(guidance_scales(c).items())), tuple(sorted(request.conditions)),
+            tuple(request.audio.shape[1:]), request.audio.dtype, request.audio.device)
+
+
 class MotionSampler:
     """The motion generator's sampling, owned once per engine with its CUDA-graph cache.
 
@@ -218,10 +242,14 @@ class MotionSampler:
         if x0_fn is not None or not self.graphs.enabled:
             return sample_window(self.model, audio, prev_motion, prev_audio, controls, x_T, conditions=conditions,
                                  x0_fn=x0_fn, schedule=self.schedule, ddpm_noise=z)
-        prev_motion, prev_audio = self.model.context(1, prev_motion, prev_audio)
+        prev_motion, prev_audio = self.model.context(audio.shape[0], prev_motion, prev_audio)
+        return self._graphed(audio, prev_motion, prev_audio, controls, x_T, conditions, z)
+
+    def _graphed(self, audio, prev_motion, prev_audio, controls, x_T, conditions, z):
+        """n windows (n, L, .) with their context as one captured sampler loop (one graph per row count)."""
         names = sorted(conditions)
         key = ("window", controls.sampler, controls.steps, tuple(sorted(guidance_scales(controls).items())),
-               tuple(names), tuple(audio.shape[1:]), audio.dtype, backend.current())
+               tuple(names), tuple(audio.shape), audio.dtype, backend.current())
 
         def run(audio, prev_motion, prev_audio, x_t, *rest):
             conds = dict(zip(names, rest[: len(names)]))
@@ -232,6 +260,49 @@ class MotionSampler:
         inputs = [audio, prev_motion.to(audio.dtype), prev_audio.to(audio.dtype), x_T]
         inputs += [conditions[n] for n in names] + ([z] if z is not None else [])
         return self.graphs.run(key, run, inputs, copy=True)  # a replay's output buffer is reused by the next one
+
+    @torch.no_grad()
+    def windows(self, requests: Sequence[WindowRequest]) -> list[torch.Tensor]:
+        """Windows of several streams, each as `window` would sample it -> their normalized motion (1, L, M) each,
+        in request order. Rows that can share a forward (same sampler, steps, guidance scales, conditions present,
+        shapes and dtype) run as one batch: one denoiser forward per step for every branch of every row, each row
+        with its own start noise, context, audio, condition values and (ddpm) step noise. With CUDA graphs a batch
+        is padded to the next row bucket (`frames.ROW_BUCKETS`) and replayed from that bucket's graph."""
+        out: list[torch.Tensor | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(batch_key(r), []).append(i)
+        for rows in groups.values():
+            batch = [requests[i] for i in rows]
+            with backend.use(self.backend or backend.current()), device_context(batch[0].audio.device):
+                motion = self._rows(batch)
+            for k, i in enumerate(rows):
+                out[i] = motion[k : k + 1]
+        return out
+
+    def _rows(self, batch: list[WindowRequest]) -> torch.Tensor:
+        controls = batch[0].controls
+        contexts = [self.model.context(1, r.prev_motion, r.prev_audio) for r in batch]
+        audio = torch.cat([r.audio for r in batch])
+        prev_motion = torch.cat([m.to(audio.dtype) for m, _ in contexts])
+        prev_audio = torch.cat([a.to(audio.dtype) for _, a in contexts])
+        x_T = torch.cat([r.x_T for r in batch])
+        names = sorted(batch[0].conditions)
+        conditions = {n: torch.cat([r.conditions[n].reshape(1, -1) for r in batch]) for n in names}
+        z = None
+        if controls.sampler == "ddpm":
+            z = torch.cat([ddpm_window_noise(self.schedule, r.x_T, r.ddpm_generator, r.controls) for r in batch], 1)
+        if not self.graphs.enabled:
+            return sample_window(self.model, audio, prev_motion, prev_audio, controls, x_T, conditions=conditions,
+                                 schedule=self.schedule, ddpm_noise=z)
+        # padded to the row bucket (last row repeated), so a few graphs serve every row count
+        n = len(batch)
+        rows = row_bucket(n)
+        audio, prev_motion, prev_audio, x_T = (pad_rows(v, rows) for v in (audio, prev_motion, prev_audio, x_T))
+        conditions = {k: pad_rows(v, rows) for k, v in conditions.items()}
+        if z is not None:
+            z = pad_rows(z.transpose(0, 1), rows).transpose(0, 1).contiguous()
+        return self._graphed(audio, prev_motion, prev_audio, controls, x_T, conditions, z)[:n]
 
     def sample_windows(self, features: torch.Tensor, controls: Controls,
                        conditions: dict[str, torch.Tensor] | None = None, *, noise: torch.Tensor | None = None,

@@ -151,6 +151,28 @@ def _figures(report: dict) -> list[str]:
                  if is_measured(v) else f"{k}: not measured" for k, v in concurrent["counts"].items()]
         cell = f"{concurrent['max_streams']} ({'; '.join(tried)})"
         lines.append(f"| concurrent real-time streams | {_engine_only(cell)} |")
+        lines += _concurrent_side_by_side(concurrent)
+    return lines
+
+
+def _concurrent_side_by_side(concurrent: dict) -> list[str]:
+    """One row per stream count: per-session threads vs the device scheduler (aggregate fps, per-stream fps,
+    latency p50 / p95 / max, frames later than their budget, frames whose window ran with fewer steps)."""
+    if "max_streams_scheduler" not in concurrent:
+        return []
+
+    def cell(v: dict) -> str:
+        if not is_measured(v):
+            return "n/m"
+        return (f"{_fmt(v['aggregate_fps'])} fps all, {_fmt(v['per_stream_fps'])} a stream, "
+                f"{_fmt(v['p50_ms'])} / {_fmt(v['p95_ms'])} / {_fmt(v['max_ms'])} ms, "
+                f"{v['missed_deadlines']} late, {v.get('degraded_frames', 0)} with fewer steps")
+
+    best = str(concurrent["max_streams_scheduler"])
+    lines = [f"| concurrent real-time streams, device scheduler | {_engine_only(best)} |"]
+    for n, level in concurrent["counts"].items():
+        both = f"threads: {cell(level)}; scheduler: {cell(level.get('scheduler', {}))}"
+        lines.append(f"| {n} streams, per-session threads vs device scheduler | {_engine_only(both)} |")
     return lines
 
 

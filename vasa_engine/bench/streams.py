@@ -35,6 +35,11 @@ def stream_once(engine, avatar, samples, *, push_ms: int = 40, **settings) -> di
     q = len(lat) // 4
     out["latency_drift_ms"] = (statistics.median(lat[-q:]) - statistics.median(lat[:q])) * 1000 if q else math.nan
     out["push_lag_ms"] = lag * 1000
+    # a frame misses its deadline when it comes later than the session's latency budget after its audio
+    budget = settings.get("latency_budget_ms") or report["chunk_ms"] + report["lookahead_ms"] + 200
+    out["missed_deadlines"] = sum(1 for x in lat if x * 1000 > budget)
+    out["latency_budget_ms"] = budget
+    out["degraded_frames"] = report.get("degraded_frames", 0)
     for part in ("lookahead", "compute"):
         out[f"{part}_p50_ms"] = report[part]["p50"] * 1000
         out[f"{part}_p95_ms"] = report[part]["p95"] * 1000
@@ -45,7 +50,9 @@ def stream_once(engine, avatar, samples, *, push_ms: int = 40, **settings) -> di
 
 def stream_concurrently(engine, avatar, samples, n: int, *, push_ms: int = 40, **settings) -> dict:
     """`n` sessions on one engine at once, each pushed in real time by its own thread (`stream_once`), started
-    together. Returns the worst stream's latencies, the lowest sustained fps and whether every stream kept up."""
+    together (settings: the sessions', e.g. batched=True for the device scheduler). Returns the worst stream's
+    latencies, the lowest and the mean sustained fps, the frames of all streams per second of the whole run, the
+    frames that came later than their latency budget, and whether every stream kept up."""
     results: list[dict | None] = [None] * n
     errors: list[BaseException] = []
     start = threading.Barrier(n)
@@ -59,10 +66,12 @@ def stream_concurrently(engine, avatar, samples, n: int, *, push_ms: int = 40, *
             start.abort()
 
     threads = [threading.Thread(target=run, args=(i,), name=f"bench-stream-{i}") for i in range(n)]
+    began = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    wall = time.perf_counter() - began
     if errors:
         raise errors[0]
     done = [r for r in results if r is not None]
@@ -74,4 +83,9 @@ def stream_concurrently(engine, avatar, samples, n: int, *, push_ms: int = 40, *
             "push_lag_ms": worst["push_lag_ms"], "p50_ms": worst["p50_ms"], "p95_ms": worst["p95_ms"],
             "max_ms": worst["max_ms"], "compute_p95_ms": worst["compute_p95_ms"],
             "min_fps": min(r["fps"] for r in done), "frames": sum(r["frames"] for r in done), "chunk_ms": chunk,
-            "lookahead_ms": done[0]["lookahead_ms"], "steps": done[0]["steps"], "push_ms": push_ms}
+            "lookahead_ms": done[0]["lookahead_ms"], "steps": done[0]["steps"], "push_ms": push_ms,
+            "aggregate_fps": sum(r["frames"] for r in done) / wall if wall > 0 else math.nan,
+            "per_stream_fps": statistics.mean(r["fps"] for r in done),
+            "missed_deadlines": sum(r.get("missed_deadlines", 0) for r in done),
+            "degraded_frames": sum(r.get("degraded_frames", 0) for r in done),
+            "batched": bool(settings.get("batched", False))}

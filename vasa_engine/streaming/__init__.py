@@ -77,6 +77,12 @@ started and finished, and when it was returned. `StreamFrame.latency_s` = return
 `LatencyReport` gives p50 / p95 / max of each, always with the chunk size and look-ahead used, and the sustained
 frame rate.
 
+Many streams on one device. With `batched=True` a session keeps its worker thread for the audio, the planning,
+driving, idle frames and cross-fades, and hands its motion windows and frames to the engine's device scheduler
+(vasa_engine.scheduler), which batches the work of every batched session; each frame is due `latency_budget_ms`
+after its audio arrived, and `StreamFrame.steps` records the sampler steps its window ran with (fewer when the
+scheduler degraded a window that would have missed its deadline). Without the setting nothing changes.
+
 Where the code is: settings.py (settings, frames, report), audio_input.py (chunks, resampling, utterance buffers and
 the chunk planning: pure and synchronous), compute.py (one chunk on the engine's stages), effects.py (idle frames,
 cross-fade), worker.py (the worker thread), session.py (`StreamSession`).

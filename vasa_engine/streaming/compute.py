@@ -4,6 +4,7 @@ session (session.py) decides when; this decides what."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -12,8 +13,8 @@ import torch
 from ..audio_features import SAMPLES_PER_VIDEO_FRAME
 from ..controls import Controls
 from ..driving import PARAM_KEYS, Driving, Motion, apply_controls
-from ..frames import RenderedFrames
-from ..generation import model_conditions
+from ..generation import WindowRequest, model_conditions
+from ..scheduler.jobs import FramesResult
 from .audio_input import ChunkPlan, Utterance
 from .effects import Crossfade, idle_blink
 from .settings import StreamSettings
@@ -38,6 +39,15 @@ class StreamCompute:
         self.batch = settings.batch_size or engine.batch_size
         self.rest = {k: getattr(avatar.source, k).float().to(self.device) for k in PARAM_KEYS}
         self.crossfade = Crossfade(settings.crossfade_frames)
+        self.last_steps: int | None = None  # sampler steps of the last window (batched: as the scheduler ran it)
+        # batched: the engine's device scheduler runs this session's windows and frames (admission first)
+        self.scheduler = engine.scheduler if settings.batched else None
+        self.slot = self.scheduler.open_slot() if settings.batched else None
+
+    def release(self) -> None:
+        """Leave the device scheduler (batched sessions): queued work is cancelled, the slot freed."""
+        if self.slot is not None:
+            self.scheduler.close_slot(self.slot)
 
     def driving(self) -> Driving:
         return self.engine.driving(self.avatar, self.controls)
@@ -50,7 +60,8 @@ class StreamCompute:
         samples = utt.samples(plan.span_start * SAMPLES_PER_VIDEO_FRAME, plan.span_stop * SAMPLES_PER_VIDEO_FRAME)
         heard = self.features(samples, plan)  # (1, n + lookahead, d)
         n = plan.frames
-        motion = self.sample(heard, utt.motion, utt.feats, plan.first)[:, :n].float()  # (1, n, M)
+        deadline = self.deadline(utt.arrival(min((plan.first + 1) * SAMPLES_PER_VIDEO_FRAME, utt.padded) - 1))
+        motion = self.sample(heard, utt.motion, utt.feats, plan.first, deadline)[:, :n].float()  # (1, n, M)
         lp = self.cfg.n_prev_motions
         utt.motion = (motion if utt.motion is None else torch.cat([utt.motion, motion], dim=1))[:, -lp:]
         new_feats = heard[:, :n]
@@ -94,18 +105,33 @@ class StreamCompute:
         gen = torch.Generator(device="cpu").manual_seed((self.controls.seed * 1_000_003 + first) % (1 << 62) + 1)
         return torch.randn(self.x_T.shape, generator=gen).to(self.x_T.device)
 
+    def deadline(self, audio_in: float | None) -> float:
+        """When a frame whose audio arrived at `audio_in` (None: now) is due: the latency budget later."""
+        return (audio_in if audio_in is not None else time.perf_counter()) + self.settings.latency_budget_s
+
+    def _due(self, deadline: float | None) -> float:
+        return self.deadline(None) if deadline is None else deadline
+
     def sample(self, heard: torch.Tensor, ctx_motion: torch.Tensor | None, ctx_audio: torch.Tensor | None,
-               first: int = 0) -> torch.Tensor:
-        """-> normalized motion (1, L, M), fp32, of the window starting at padded frame `first`."""
+               first: int = 0, deadline: float | None = None) -> torch.Tensor:
+        """-> normalized motion (1, L, M), fp32, of the window starting at padded frame `first` (batched: run by
+        the device scheduler, due at `deadline`)."""
         audio = self.window_audio(heard)
         x_T = self.noise(first)
         w = self.windows
         self.windows += 1
+        self.last_steps = self.controls.steps
         factory = self.settings.denoiser_factory
         if factory is not None:
             return self.sampler.window(audio, None, None, self.controls, x_T, ddpm_generator=self.ddpm_gen,
                                        x0_fn=factory(w, audio, ctx_motion, ctx_audio))
         prev_m, prev_a = self.full_context(ctx_motion, ctx_audio)
+        if self.slot is not None:
+            request = WindowRequest(audio, prev_m, prev_a, self.controls, x_T, self.conditions, self.ddpm_gen)
+            job = self.scheduler.submit_window(self.slot, request, self._due(deadline))
+            motion = job.wait()
+            self.last_steps = job.steps
+            return motion
         return self.sampler.window(audio, prev_m, prev_a, self.controls, x_T, self.conditions,
                                    ddpm_generator=self.ddpm_gen)
 
@@ -124,8 +150,12 @@ class StreamCompute:
         d = self.crossfade({k: v.float() for k, v in motion.params().items()}, kind)
         return replace(motion, **d)
 
-    def render(self, motion: Motion) -> list[RenderedFrames]:
-        """Launch the frames of `motion`, batch by batch, on the engine's frame renderer (to host memory)."""
+    def render(self, motion: Motion, deadline: float | None = None) -> list:
+        """Launch the frames of `motion`, batch by batch, on the engine's frame renderer (to host memory); batched:
+        queue them on the device scheduler, due at `deadline`. -> objects whose `wait()` gives the uint8 frames."""
+        if self.slot is not None:
+            job = self.scheduler.submit_frames(self.slot, self.avatar, motion, self._due(deadline))
+            return [FramesResult(job)]
         frames = self.engine.frame_renderer
         return [frames.launch(self.avatar, motion[a : a + self.batch], to_host=True)
                 for a in range(0, len(motion), self.batch)]

@@ -250,6 +250,7 @@ class StreamSession(AsyncForms, SessionWorker):
             self._out.clear()
             self._pending = 0
             self._cond.notify_all()
+        self._compute.release()  # cancels its queued scheduler work, so a worker waiting on it wakes
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
         if already:
@@ -288,7 +289,8 @@ class StreamSession(AsyncForms, SessionWorker):
             total=percentiles([f.latency_s for f in speech]),
             lookahead=percentiles([f.lookahead_s for f in speech]),
             compute=percentiles([f.compute_s for f in speech]),
-            fps=len(frames) / span if span == span and span > 0 else math.nan)
+            fps=len(frames) / span if span == span and span > 0 else math.nan,
+            degraded_frames=sum(f.steps is not None and f.steps < self.controls.steps for f in speech))
 
     # ------------------------------------------------------------------------------------------ internals
 
@@ -313,7 +315,8 @@ class StreamSession(AsyncForms, SessionWorker):
             out.append(f)
             self._last_taken = f.driving
             self._returned.append(StreamFrame(f.index, f.kind, f.utterance, f.frame, None, np.zeros(0, np.float32),
-                                              {}, None, f.audio_in, f.ready, f.started, f.finished, f.returned))
+                                              {}, None, f.audio_in, f.ready, f.started, f.finished, f.returned,
+                                              f.steps))
         if out:
             self._last_returned = now
             self._cond.notify_all()

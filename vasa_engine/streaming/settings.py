@@ -38,9 +38,13 @@ class StreamSettings:
     frames start (default chunk + look-ahead + 200 ms); end_after_ms: with idle, finish an utterance whose audio
     stopped this long ago (None: never). blink_period_s: idle blink period. crossfade_frames: frames of the
     cross-fade between utterances and idle frames. cuda_graphs: capture the sampler loop and the renderer on CUDA.
-    batch_size: frames rendered per batch (default: the engine's). denoiser_factory: replaces the guided
-    transformer, called as (window, audio (1, L, d), prev_motion (1, c, M) or None, prev_audio (1, c, d) or None)
-    with the c <= Lp real context frames (tests plug exact predictors of known distributions in here).
+    batch_size: frames rendered per batch (default: the engine's). batched: hand the motion windows and frames to
+    the engine's device scheduler (vasa_engine.scheduler), batched with every other batched session's;
+    latency_budget_ms: with batched, how long after its audio arrives a frame is due (default chunk + look-ahead
+    + 200 ms), which orders the scheduler's work and decides when a window runs with fewer steps.
+    denoiser_factory: replaces the guided transformer, called as (window, audio (1, L, d), prev_motion (1, c, M)
+    or None, prev_audio (1, c, d) or None) with the c <= Lp real context frames (tests plug exact predictors of
+    known distributions in here).
     """
 
     chunk_ms: int = 200
@@ -57,6 +61,8 @@ class StreamSettings:
     cuda_graphs: bool = True
     batch_size: int | None = None
     denoiser_factory: Callable | None = None
+    batched: bool = False
+    latency_budget_ms: int | None = None
 
     def check(self, window_frames: int) -> None:
         def whole_frames(name: str, value, low: int, high: int) -> None:
@@ -84,6 +90,15 @@ class StreamSettings:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 60_000):
                 raise InputError(f"{name} must be None or lie in [0, 60000] ms, got {value!r}")
+        if not isinstance(self.batched, bool):
+            raise InputError(f"batched must be True or False, got {self.batched!r}")
+        if self.batched and self.denoiser_factory is not None:
+            raise InputError("batched sessions run the engine's guided transformer: denoiser_factory is not "
+                             "supported with batched=True")
+        if self.latency_budget_ms is not None and (isinstance(self.latency_budget_ms, bool) or not isinstance(
+                self.latency_budget_ms, int) or not 0 < self.latency_budget_ms <= 60_000):
+            raise InputError(f"latency_budget_ms must be None or an integer in (0, 60000], got "
+                             f"{self.latency_budget_ms!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 
@@ -94,6 +109,11 @@ class StreamSettings:
     @property
     def lookahead_frames(self) -> int:
         return self.lookahead_ms // FRAME_MS
+
+    @property
+    def latency_budget_s(self) -> float:
+        budget = self.latency_budget_ms
+        return (budget if budget is not None else self.chunk_ms + self.lookahead_ms + 200) / 1000
 
     @property
     def past_frames(self) -> int:
@@ -113,6 +133,8 @@ class StreamFrame:
     exp (1, K, 3), t (1, 3), scale (1, 1), eye (1,) or None). generated: the generator's normalized motion (M,)
     (speech frames). Times (time.perf_counter seconds): audio_in: its own audio had reached the engine; ready:
     its look-ahead had too (or the utterance was flushed); started / finished: its chunk's compute; returned.
+    steps: the sampler steps its window ran with (speech frames of batched sessions; fewer than the controls'
+    when the device scheduler degraded the window to keep its deadline).
     """
 
     index: int
@@ -128,6 +150,7 @@ class StreamFrame:
     started: float | None = None
     finished: float | None = None
     returned: float | None = None
+    steps: int | None = None
 
     @property
     def latency_s(self) -> float | None:
@@ -173,6 +196,7 @@ class LatencyReport:
     lookahead: dict[str, float]
     compute: dict[str, float]
     fps: float  # frames returned / seconds from the first audio in to the last frame returned
+    degraded_frames: int = 0  # speech frames whose window ran with fewer sampler steps (batched sessions)
 
     def summary(self) -> str:
         def ms(d):
@@ -182,7 +206,8 @@ class LatencyReport:
                 f"{self.steps} steps; {self.speech_frames} speech frames): {ms(self.total)}\n"
                 f"  look-ahead (algorithmic): {ms(self.lookahead)}\n"
                 f"  compute (chunking, queueing, compute, hand-out): {ms(self.compute)}\n"
-                f"sustained: {self.fps:.2f} fps ({self.frames} frames, {self.idle_frames} idle)")
+                f"sustained: {self.fps:.2f} fps ({self.frames} frames, {self.idle_frames} idle"
+                + (f", {self.degraded_frames} with fewer sampler steps" if self.degraded_frames else "") + ")")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -56,7 +56,8 @@ class SessionWorker:
         except BaseException as exc:  # surfaced to the caller by the next call
             log.debug("stream worker failed", exc_info=True)
             with self._cond:
-                self._error = exc
+                if not self._closed:  # a session closed mid-batch: its cancelled work is no failure
+                    self._error = exc
                 self._closed = True
                 self._events.clear()
                 self._cond.notify_all()
@@ -159,7 +160,7 @@ class SessionWorker:
             meta.append({"kind": "speech", "utterance": utt.uid, "frame": i, "audio_in": audio_in,
                          "ready": max(ready_t, audio_in), "started": started,
                          "audio": utt.samples(j * SAMPLES_PER_VIDEO_FRAME, (j + 1) * SAMPLES_PER_VIDEO_FRAME),
-                         "generated": generated[j - first]})
+                         "generated": generated[j - first], "steps": self._compute.last_steps})
         utt.trim(max(0, stop - s.past_frames) * SAMPLES_PER_VIDEO_FRAME)
         # audio of committed frames is no longer pending (all of it once the utterance is complete)
         complete = utt.total is not None and stop >= utt.total
@@ -196,7 +197,9 @@ class SessionWorker:
 
     def _emit(self, motion: Motion, meta: list[dict], uid: int) -> None:
         motion = self._compute.shown(motion, (meta[0]["kind"], uid))
-        rendered = self._compute.render(motion) if self.settings.render else None
+        arrived = [m["audio_in"] for m in meta if m["audio_in"] is not None]
+        deadline = self._compute.deadline(min(arrived) if arrived else None)
+        rendered = self._compute.render(motion, deadline) if self.settings.render else None
         host = {k: v.detach().cpu() for k, v in motion.params().items()}
         if motion.blink is not None:
             host["eye"] = (self._eye_open * (1 - motion.blink)).cpu()
@@ -207,7 +210,8 @@ class SessionWorker:
             driving = {k: v[i : i + 1] for k, v in host.items()}
             frames.append(StreamFrame(index=-1, kind=m["kind"], utterance=m["utterance"], frame=m["frame"],
                                       image=None, audio=m["audio"], driving=driving, generated=m["generated"],
-                                      audio_in=m["audio_in"], ready=m["ready"], started=m["started"]))
+                                      audio_in=m["audio_in"], ready=m["ready"], started=m["started"],
+                                      steps=m.get("steps")))
         self._flush_inflight()
         self._inflight = (frames, rendered)
         if self.device.type != "cuda":
