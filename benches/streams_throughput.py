@@ -17,8 +17,6 @@ import datetime as dt
 import json
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,29 +39,19 @@ def build(size: str, device: str):
 def one_round(engine, avatar, speech: list[np.ndarray], batched: bool, steps: int) -> dict:
     from vasa_engine.generation import Controls
 
+    from vasa_engine.bench.streams import run_concurrently
+
     results: dict[int, tuple[int, float]] = {}
-    errors: list[BaseException] = []
 
     def session(i: int) -> None:
-        try:
-            with engine.stream(avatar, Controls(steps=steps, seed=i), batched=batched) as s:
-                frames = []
-                for a in range(0, len(speech[i]), 3200):
-                    frames += s.push(speech[i][a : a + 3200], SR)
-                frames += s.flush()
-                results[i] = (len(frames), s.report().total["p95"])
-        except BaseException as exc:  # noqa: BLE001 - reported after the round
-            errors.append(exc)
+        with engine.stream(avatar, Controls(steps=steps, seed=i), batched=batched) as s:
+            frames = []
+            for a in range(0, len(speech[i]), 3200):
+                frames += s.push(speech[i][a : a + 3200], SR)
+            frames += s.flush()
+            results[i] = (len(frames), s.report().total["p95"])
 
-    threads = [threading.Thread(target=session, args=(i,)) for i in range(len(speech))]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
+    seconds = run_concurrently(len(speech), session)
     frames = sum(n for n, _ in results.values())
     return {"frames": frames, "seconds": seconds, "fps": frames / seconds,
             "worst_p95_ms": max(p for _, p in results.values()) * 1000}

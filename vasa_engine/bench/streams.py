@@ -10,6 +10,31 @@ import time
 from ..io.audio import SAMPLE_RATE
 
 
+def run_concurrently(n: int, fn, name: str = "bench-stream") -> float:
+    """fn(i) for i in 0..n-1, each in a thread of its own, started together behind a barrier; returns the wall
+    seconds from the start to the last one's end, and raises the first error any of them raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            fn(i)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"{name}-{i}") for i in range(n)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - began
+
+
 def stream_once(engine, avatar, samples, *, push_ms: int = 40, **settings) -> dict:
     """Push speech into `Engine.stream` in real time (`push_ms` per push, paced by the wall clock), flush, and
     return its latency report: p50 / p95 / max in ms (audio in -> frame returned, look-ahead included), with the
@@ -54,26 +79,11 @@ def stream_concurrently(engine, avatar, samples, n: int, *, push_ms: int = 40, *
     latencies, the lowest and the mean sustained fps, the frames of all streams per second of the whole run, the
     frames that came later than their latency budget, and whether every stream kept up."""
     results: list[dict | None] = [None] * n
-    errors: list[BaseException] = []
-    start = threading.Barrier(n)
 
     def run(i: int) -> None:
-        try:
-            start.wait()
-            results[i] = stream_once(engine, avatar, samples, push_ms=push_ms, **settings)
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            errors.append(exc)
-            start.abort()
+        results[i] = stream_once(engine, avatar, samples, push_ms=push_ms, **settings)
 
-    threads = [threading.Thread(target=run, args=(i,), name=f"bench-stream-{i}") for i in range(n)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - began
-    if errors:
-        raise errors[0]
+    wall = run_concurrently(n, run)
     done = [r for r in results if r is not None]
     chunk = done[0]["chunk_ms"]
     keeps_up = all(r["latency_drift_ms"] < chunk and r["push_lag_ms"] < chunk for r in done)
