@@ -524,12 +524,13 @@ def test_rendered_frames_and_latency_report(engine, avatar):
     assert report.speech_frames == 5 and math.isfinite(report.total["max"])
 
 
-def test_stream_cli_writes_video_and_audio(tmp_path, tiny_full_weights, sample_image, sample_speech):
+@pytest.mark.parametrize("extra", [[], ["--batched"]], ids=["threads", "batched"])
+def test_stream_cli_writes_video_and_audio(tmp_path, tiny_full_weights, sample_image, sample_speech, extra):
     from vasa_engine.io.video import read_video_info
 
     out = tmp_path / "live.mp4"
     res = run("stream", "--image", sample_image, "--audio", sample_speech, "--weights", tiny_full_weights,
-              "-o", out, "--frames", 8, "--fast", "--chunk-ms", 160, "--lookahead-ms", 40)
+              "-o", out, "--frames", 8, "--fast", "--chunk-ms", 160, "--lookahead-ms", 40, *extra)
     assert res.returncode == 0, res.stderr
     for words in ("streamed 8 frames", "chunk 160 ms", "look-ahead 40 ms", "p50", "p95", "max", "sustained",
                   "fps"):

@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
                       help="feed the file at the speed it plays (the default)")
     pace.add_argument("--fast", dest="fast", action="store_true",
                       help="feed the file as fast as the engine takes it (back-pressure paces it)")
+    s.add_argument("--batched", action="store_true",
+                   help="hand the session's work to the engine's device scheduler (batched with other sessions')")
     s.add_argument("--preview", action="store_true",
                    help="serve a live preview page on 127.0.0.1 and stream the frames and audio to it")
     s.add_argument("--port", type=int, default=0, help="preview port (default: a free one)")
@@ -63,7 +65,8 @@ def cmd_stream(args) -> int:
     engine = engine_from_args(args)
     avatar = engine.prepare(pixels)
     session = engine.stream(avatar, controls, chunk_ms=args.chunk_ms, lookahead_ms=args.lookahead_ms,
-                            past_ms=args.past_ms, max_pending_ms=max(2000, args.chunk_ms + args.lookahead_ms + 40))
+                            past_ms=args.past_ms, max_pending_ms=max(2000, args.chunk_ms + args.lookahead_ms + 40),
+                            batched=args.batched)
     preview = None
     watermark = Watermark() if args.watermark else None
     producer_error: list[BaseException] = []
