@@ -111,14 +111,10 @@ class Controls:
         for name in ("stitching", "relative_motion"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name, rng in RANGES.items():
+        for name in RANGES:
             value = getattr(self, name)
-            if value is None and name in OPTIONAL:
-                continue
-            values = _pair(name, value) if name == "gaze" else (value,)
-            for v in values:
-                if not _is_number(v) or not rng.contains(float(v)):
-                    raise InputError(f"{name.replace('_', ' ')} must lie in {rng.words()}, got {_shown(value)}")
+            if value is not None or name not in OPTIONAL:
+                check_range(name, value)
         if self.emotion is not None:
             if isinstance(self.emotion, (str, bytes)) or not hasattr(self.emotion, "__len__") \
                     or not all(_is_number(v) for v in self.emotion):
@@ -139,6 +135,15 @@ class Controls:
 
 
 OPTIONAL = ("gaze", "distance", "eye_openness", "lip_openness")
+
+
+def check_range(name: str, value) -> None:
+    """Refuse a value of field `name` outside its range in `RANGES`, with one line naming the field, the value and
+    the range (gaze: each of its two values)."""
+    rng = RANGES[name]
+    for v in _pair(name, value) if name == "gaze" else (value,):
+        if not _is_number(v) or not rng.contains(float(v)):
+            raise InputError(f"{name.replace('_', ' ')} must lie in {rng.words()}, got {_shown(value)}")
 
 
 def _is_number(v) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .controls import Controls
+from .controls import Controls, check_range
 from .errors import InputError
 from .models.keypoints import rotation_matrix, transform_keypoints
 
@@ -78,7 +78,7 @@ class Motion:
                 raise InputError(f"motion field {name} contains NaN or Inf")
         if not isinstance(self.stitching, bool):
             raise InputError(f"motion stitching must be True or False, got {self.stitching!r}")
-        Controls(driving_multiplier=self.driving_multiplier)  # the same range check as the control
+        check_range("driving_multiplier", self.driving_multiplier)  # the control's own range
 
     def __len__(self) -> int:
         return self.pitch.shape[0]

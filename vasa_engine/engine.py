@@ -16,6 +16,7 @@ chunk. Loading the weights is vasa_engine.loading's.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import time
 from typing import Iterator
 
@@ -247,9 +248,10 @@ class Engine:
         k = self.config.motion_extractor.num_kp
         if motion.exp.shape[1] != k:
             raise InputError(f"motion field exp has {motion.exp.shape[1]} keypoints, the renderer has {k}")
-        if stitching is not None or driving_multiplier is not None:
-            motion = Motion(**{**motion.__dict__, **({} if stitching is None else {"stitching": stitching}),
-                               **({} if driving_multiplier is None else {"driving_multiplier": driving_multiplier})})
+        if stitching is not None:
+            motion = replace(motion, stitching=stitching)
+        if driving_multiplier is not None:
+            motion = replace(motion, driving_multiplier=driving_multiplier)
         step = batch_size or self.batch_size
         for start in range(0, len(motion), step):
             frames = self.render_on_device(avatar, motion[start : start + step])
@@ -322,8 +324,10 @@ class Engine:
 
     def generate_batches(self, avatar: Avatar, motion: Motion, controls: Controls | None = None,
                          batch_size: int | None = None, paste_back: bool = False) -> Iterator[np.ndarray]:
-        """Render generated motion batch by batch (the motion carries the controls' renderer settings)."""
-        return self.render_batches(avatar, motion, batch_size, paste_back=paste_back)
+        """Render generated motion batch by batch, with the renderer settings of `controls` if given, else its own."""
+        settings = {} if controls is None else {"stitching": controls.stitching,
+                                                "driving_multiplier": controls.driving_multiplier}
+        return self.render_batches(avatar, motion, batch_size, paste_back=paste_back, **settings)
 
     def generate(self, avatar: Avatar, audio, controls: Controls | None = None, *, sample_rate: int | None = None,
                  max_seconds: float | None = DEFAULT_MAX_SECONDS, paste_back: bool = False,

@@ -65,6 +65,14 @@ def stacked_source(avatars: list) -> dict:
             "lip": torch.cat([a.lip_ratio for a in avatars])}
 
 
+def copy_source(static: dict, source: dict) -> None:
+    """Copy the source tensors `source` (state, eye, lip) into the static buffers `static` a graph reads."""
+    for f in fields(static["state"]):
+        getattr(static["state"], f.name).copy_(getattr(source["state"], f.name))
+    static["eye"].copy_(source["eye"])
+    static["lip"].copy_(source["lip"])
+
+
 @dataclass
 class RenderedFrames:
     """A launched batch: uint8 (B, S, S, 3) frames (on the device, or in pinned host memory with to_host), and the
@@ -215,10 +223,7 @@ class FrameRenderer:
         if static is None:
             self._row_sources[len(rows)] = stacked
             return stacked
-        for f in fields(static["state"]):
-            getattr(static["state"], f.name).copy_(getattr(stacked["state"], f.name))
-        static["eye"].copy_(stacked["eye"])
-        static["lip"].copy_(stacked["lip"])
+        copy_source(static, stacked)
         return static
 
     def _source_for(self, avatar) -> dict:
@@ -232,11 +237,7 @@ class FrameRenderer:
                                                      for f in fields(avatar.source)}),
                             "eye": avatar.eye_ratio.clone(), "lip": avatar.lip_ratio.clone()}
         elif self._source_avatar is not avatar:
-            static = self._source
-            for f in fields(avatar.source):
-                getattr(static["state"], f.name).copy_(getattr(avatar.source, f.name))
-            static["eye"].copy_(avatar.eye_ratio)
-            static["lip"].copy_(avatar.lip_ratio)
+            copy_source(self._source, own)
         self._source_avatar = avatar
         return self._source
 
