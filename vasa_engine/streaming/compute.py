@@ -44,6 +44,18 @@ class StreamCompute:
         self.scheduler = engine.scheduler if settings.batched else None
         self.slot = self.scheduler.open_slot() if settings.batched else None
 
+    def set_controls(self, controls: Controls, utterance_driving: Driving | None) -> None:
+        """New controls from the next chunk on: the sampler's conditions and steps, and the driving of the current
+        utterance (its smoothing state is kept, so the motion does not jump); a new seed applies to the next
+        utterance's first window."""
+        self.controls = controls
+        self.conditions = model_conditions(controls, self.cfg, self.device)
+        self.x_T = self.sampler.start_noise(controls, self.device)
+        self.ddpm_gen = self.sampler.ddpm_generator(controls)
+        if utterance_driving is not None:
+            utterance_driving.controls = controls
+            utterance_driving.keep = float(controls.smoothing)
+
     def release(self) -> None:
         """Leave the device scheduler (batched sessions): queued work is cancelled, the slot freed."""
         if self.slot is not None:

@@ -172,6 +172,19 @@ class StreamSession(AsyncForms, SessionWorker):
             self._cond.notify_all()
         return self._wait_done(target, timeout, collect)
 
+    def set_controls(self, controls: Controls) -> None:
+        """Change the controls mid-stream: checked here (a bad value raises and changes nothing), applied by the
+        worker in order with the audio queued before it, from the next chunk on (see `StreamCompute.set_controls`)."""
+        self._check_open()
+        if not isinstance(controls, Controls):
+            raise InputError(f"controls must be a Controls, got {type(controls).__name__}")
+        check_for_model(controls, self._cfg)
+        with self._cond:
+            self._check_open()
+            self.controls = controls
+            self._events.append(("controls", self._uid, controls, time.perf_counter()))
+            self._cond.notify_all()
+
     def interrupt(self) -> None:
         """Drop the current utterance: its queued audio and its frames not taken yet. The next push starts a new
         utterance, cross-faded from the last frame shown."""
@@ -326,7 +339,7 @@ class StreamSession(AsyncForms, SessionWorker):
         deadline = None if timeout is None else time.perf_counter() + timeout
         frames: list[StreamFrame] = []
         with self._cond:
-            while self._done_uid < uid or self._busy:
+            while self._done_uid < uid:  # set once the utterance's frames are published (or it was dropped)
                 self._raise_if_failed()
                 self._check_open()
                 if collect:

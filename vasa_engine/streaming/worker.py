@@ -65,6 +65,12 @@ class SessionWorker:
     def _handle(self, ev) -> None:
         kind, uid, t = ev[0], ev[1], ev[-1]
         utt = self._utt
+        if kind == "controls":
+            controls = ev[2]
+            self._compute.set_controls(controls, utt.driving if utt is not None else None)
+            self._eye_open = float(controls.eye_openness if controls.eye_openness is not None
+                                   else self.avatar.eye_ratio.float().mean())
+            return
         if kind == "drop":
             self._flush_inflight()
             if utt is not None and utt.uid == uid:
@@ -117,8 +123,9 @@ class SessionWorker:
                 if self._closed:
                     return
                 room = s.max_ready_frames - len(self._out)
-            if room <= 0:
-                break
+                events_waiting = bool(self._events)
+            if room <= 0 or events_waiting:
+                break  # new audio or an interrupt is taken before more work (idle frames must not hold it back)
             plan = self._next_chunk()
             if plan is not None:
                 self._speech_chunk(plan)
