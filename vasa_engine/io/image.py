@@ -6,6 +6,7 @@ Conventions: images are numpy ``uint8`` arrays of shape (H, W, 3) in RGB order; 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Union
@@ -19,6 +20,7 @@ __all__ = [
     "MIN_IMAGE_SIDE",
     "SUPPORTED_FORMATS",
     "load_image",
+    "decode_image",
     "center_square",
     "resize",
     "to_tensor",
@@ -157,13 +159,25 @@ def _from_path(path) -> np.ndarray:
     if p.is_dir():
         raise InputError(f"is a directory, not an image: {name}")
 
+    return _decode(p, name)
+
+
+def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
+    """An encoded PNG, JPEG or WebP file held in memory (an upload) -> ``uint8`` (H, W, 3) RGB, with the checks and
+    the one-line messages of :func:`load_image` (``name`` stands for the file in them)."""
+    if not data:
+        raise InputError(f"empty image: {name}")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(fp, name: str) -> np.ndarray:
     # Truncated files must fail loudly. LOAD_TRUNCATED_IMAGES is a Pillow-wide switch that other code may
     # have turned on; it is forced off for the duration of this decode.
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         try:
-            im = Image.open(p)
+            im = Image.open(fp)
         except UnidentifiedImageError:
             raise InputError(f"not an image (or an unsupported format): {name}") from None
         except Image.DecompressionBombError as e:
