@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -73,6 +73,10 @@ def copy_source(static: dict, source: dict) -> None:
     static["lip"].copy_(source["lip"])
 
 
+class Cancelled(Exception):
+    """Work given up because the caller that asked for it has gone away (a closed stream)."""
+
+
 @dataclass
 class RenderedFrames:
     """A launched batch: uint8 (B, S, S, 3) frames (on the device, or in pinned host memory with to_host), and the
@@ -119,22 +123,28 @@ class FrameRenderer:
         return out.frames
 
     @torch.no_grad()
-    def launch(self, avatar, motion: Motion, *, to_host: bool = False) -> RenderedFrames:
-        """Start rendering a batch; to_host: copy the frames into pinned host memory on the renderer's stream."""
+    def launch(self, avatar, motion: Motion, *, to_host: bool = False,
+               cancelled: Callable[[], bool] | None = None) -> RenderedFrames:
+        """Start rendering a batch; to_host: copy the frames into pinned host memory on the renderer's stream.
+        cancelled: asked once the renderer is free (every caller shares it): True raises `Cancelled` instead of
+        rendering for a caller that has gone away meanwhile."""
         with device_context(self.device):
-            return self._launch(avatar, motion, to_host)
+            return self._launch(avatar, motion, to_host, cancelled)
 
-    def _launch(self, avatar, motion: Motion, to_host: bool) -> RenderedFrames:
+    def _launch(self, avatar, motion: Motion, to_host: bool, cancelled=None) -> RenderedFrames:
         m = motion.to(self.device)
         inputs = _motion_inputs(m)
         # the backend is part of the key: a graph replays the kernels it was captured with
         key = _motion_key(m, len(m)) + (self.backend,)
-        return self._render(key, lambda: self._source_for(avatar), m, inputs, len(m), to_host)
+        return self._render(key, lambda: self._source_for(avatar), m, inputs, len(m), to_host, cancelled)
 
-    def _render(self, key, source_fn, m: Motion, inputs: list, rows: int, to_host: bool) -> RenderedFrames:
+    def _render(self, key, source_fn, m: Motion, inputs: list, rows: int, to_host: bool,
+                cancelled=None) -> RenderedFrames:
         """The first `rows` frames of the batch `inputs`, on the renderer's stream, with the source tensors
         `source_fn()` gives under the lock (a graph replayed where one is captured for `key`)."""
         with self._lock, self._on_own_stream(inputs) as done:
+            if cancelled is not None and cancelled():
+                raise Cancelled("the frames' requester went away")
             frames = self.graphs.run(key, self._frame_fn(source_fn(), m), inputs, copy=True)[:rows]
             if to_host:
                 frames = self._to_host(frames)

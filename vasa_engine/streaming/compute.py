@@ -43,6 +43,7 @@ class StreamCompute:
         # batched: the engine's device scheduler runs this session's windows and frames (admission first)
         self.scheduler = engine.scheduler if settings.batched else None
         self.slot = self.scheduler.open_slot() if settings.batched else None
+        self.cancelled = lambda: False  # the session's: True once it is closed (its renders are skipped)
 
     def set_controls(self, controls: Controls, utterance_driving: Driving | None) -> None:
         """New controls from the next chunk on: the sampler's conditions and steps, and the driving of the current
@@ -169,6 +170,6 @@ class StreamCompute:
             job = self.scheduler.submit_frames(self.slot, self.avatar, motion, self._due(deadline))
             return [FramesResult(job)]
         frames = self.engine.frame_renderer
-        return [frames.launch(self.avatar, motion[a : a + self.batch], to_host=True)
+        return [frames.launch(self.avatar, motion[a : a + self.batch], to_host=True, cancelled=self.cancelled)
                 for a in range(0, len(motion), self.batch)]
 

@@ -55,7 +55,29 @@ class AsyncForms:
             yield frame
 
 
-class StreamSession(AsyncForms, SessionWorker):
+class Reporting:
+    """`report()`: the latency and frame rate of what a session has returned."""
+
+    def report(self) -> LatencyReport:
+        """Latency and frame rate of the frames returned so far, with the chunk size and look-ahead."""
+        with self._cond:
+            frames = list(self._returned)
+            first, last = self._first_audio, self._last_returned
+        speech = [f for f in frames if f.kind == "speech" and f.latency_s is not None]
+        span = (last - first) if first is not None and last is not None and last > first else math.nan
+        s = self.settings
+        steps = self._cfg.n_diff_steps if self.controls.sampler == "ddpm" else self.controls.steps
+        return LatencyReport(
+            chunk_ms=s.chunk_ms, lookahead_ms=s.lookahead_ms, past_ms=s.past_ms, steps=steps, frames=len(frames),
+            speech_frames=len(speech), idle_frames=sum(f.kind == "idle" for f in frames),
+            total=percentiles([f.latency_s for f in speech]),
+            lookahead=percentiles([f.lookahead_s for f in speech]),
+            compute=percentiles([f.compute_s for f in speech]),
+            fps=len(frames) / span if span == span and span > 0 else math.nan,
+            degraded_frames=sum(f.steps is not None and f.steps < self.controls.steps for f in speech))
+
+
+class StreamSession(AsyncForms, Reporting, SessionWorker):
     """Audio chunks in, frames out. Create with `Engine.stream(avatar, controls, **settings)` (settings: see
     `StreamSettings`); see the module docstring for the design. Close it (or use it as a context manager)."""
 
@@ -73,6 +95,7 @@ class StreamSession(AsyncForms, SessionWorker):
         self._cfg = cfg
         self.device = engine.device
         self._compute = StreamCompute(engine, avatar, self.controls, self.settings)
+        self._compute.cancelled = lambda: self._closed
         self._eye_open = float(self.controls.eye_openness if self.controls.eye_openness is not None
                                else avatar.eye_ratio.float().mean())
 
@@ -89,6 +112,7 @@ class StreamSession(AsyncForms, SessionWorker):
         self._last_taken: dict[str, torch.Tensor] | None = None  # driving of the last frame returned
         self._busy = False  # the worker is between taking events and publishing their frames
         self._closed = False
+        self._released = False  # close() has freed the buffers
         self._error: BaseException | None = None
         self._emitted = 0  # frames produced (index of the next)
         self._returned: deque[StreamFrame] = deque(maxlen=100_000)  # returned frames' timing (no images)
@@ -173,9 +197,8 @@ class StreamSession(AsyncForms, SessionWorker):
         return self._wait_done(target, timeout, collect)
 
     def set_controls(self, controls: Controls) -> None:
-        """Change the controls mid-stream: checked here (a bad value raises and changes nothing), applied by the
-        worker in order with the audio queued before it, from the next chunk on (see `StreamCompute.set_controls`)."""
-        self._check_open()
+        """New controls, checked here (a bad value raises, nothing changes), applied in order with the audio queued
+        before them, from the next chunk on (`StreamCompute.set_controls`)."""
         if not isinstance(controls, Controls):
             raise InputError(f"controls must be a Controls, got {type(controls).__name__}")
         check_for_model(controls, self._cfg)
@@ -254,20 +277,26 @@ class StreamSession(AsyncForms, SessionWorker):
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the worker, drop what is queued, free the buffers. Idempotent."""
+    def cancel(self) -> None:
+        """Close without waiting (safe from an event loop): the worker stops after its current step, what is
+        queued is dropped; `close()` joins it and frees the buffers. Idempotent."""
         with self._cond:
-            already = self._closed
             self._closed = True
             self._events.clear()
             self._out.clear()
             self._pending = 0
             self._cond.notify_all()
         self._compute.release()  # cancels its queued scheduler work, so a worker waiting on it wakes
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker, drop what is queued, free the buffers. Idempotent."""
+        self.cancel()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
-        if already:
-            return
+        with self._cond:
+            if self._released:
+                return
+            self._released = True
         self._utt = None
         self._inflight = None
         self._compute.crossfade.clear()
@@ -284,26 +313,6 @@ class StreamSession(AsyncForms, SessionWorker):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # ------------------------------------------------------------------------------------------ reporting
-
-    def report(self) -> LatencyReport:
-        """Latency and frame rate of the frames returned so far, with the chunk size and look-ahead."""
-        with self._cond:
-            frames = list(self._returned)
-            first, last = self._first_audio, self._last_returned
-        speech = [f for f in frames if f.kind == "speech" and f.latency_s is not None]
-        span = (last - first) if first is not None and last is not None and last > first else math.nan
-        s = self.settings
-        steps = self._cfg.n_diff_steps if self.controls.sampler == "ddpm" else self.controls.steps
-        return LatencyReport(
-            chunk_ms=s.chunk_ms, lookahead_ms=s.lookahead_ms, past_ms=s.past_ms, steps=steps, frames=len(frames),
-            speech_frames=len(speech), idle_frames=sum(f.kind == "idle" for f in frames),
-            total=percentiles([f.latency_s for f in speech]),
-            lookahead=percentiles([f.lookahead_s for f in speech]),
-            compute=percentiles([f.compute_s for f in speech]),
-            fps=len(frames) / span if span == span and span > 0 else math.nan,
-            degraded_frames=sum(f.steps is not None and f.steps < self.controls.steps for f in speech))
 
     # ------------------------------------------------------------------------------------------ internals
 
