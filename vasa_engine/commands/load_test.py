@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..cli import positive_int
@@ -22,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="speech each client streams (default 20)")
     p.add_argument("--chunk-ms", type=positive_int, help="the sessions' chunk_ms setting (default: the server's)")
     p.add_argument("--lookahead-ms", type=int, help="the sessions' lookahead_ms setting (default: the server's)")
+    p.add_argument("--batched", action="store_true",
+                   help="the sessions' batched setting: their work goes through the server's device scheduler")
     p.add_argument("--token", default=os.environ.get("VASA_ENGINE_TOKEN"), help="bearer token (default: "
                                                                                "$VASA_ENGINE_TOKEN)")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
@@ -38,6 +41,8 @@ def cmd_load_test(args) -> int:
     if not 0 < args.seconds <= 3600:
         raise InputError(f"--seconds must lie in (0, 3600], got {args.seconds:g}")
     settings = {k: v for k, v in (("chunk_ms", args.chunk_ms), ("lookahead_ms", args.lookahead_ms)) if v is not None}
+    if args.batched:
+        settings["batched"] = True
     client = ServiceClient(args.url, token=args.token)
     try:
         avatar = args.avatar or client.upload_avatar(args.image)["id"]
@@ -45,8 +50,13 @@ def cmd_load_test(args) -> int:
         raise InputError(f"the service refused the portrait ({exc})") from None
     except OSError as exc:
         raise InputError(f"cannot reach {args.url} or read the portrait: {exc}") from None
+    server = client.health()
     result = asyncio.run(run_load(args.url, avatar, clients=args.clients, seconds=args.seconds, token=args.token,
                                   settings=settings))
+    result["server"] = {k: server.get(k) for k in ("device", "replica", "max_sessions")}
+    result["settings"] = settings
+    result["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result["load_average"] = os.getloadavg()
     print(summary(result))
     if args.json:
         out = Path(args.json)

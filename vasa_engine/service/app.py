@@ -127,6 +127,8 @@ def create_app(engine, config: ServiceConfig | None = None, *, host=None) -> Sta
             info, new = await state.host.add_avatar(bytes(body), request.headers.get("content-type"))
         except InputError as exc:
             return bad(400, one_line(exc), "bad_image")
+        except ServiceFull as exc:  # scale-out: no replica free to prepare it
+            return bad(503, one_line(exc), "busy")
         state.metrics.avatars.set(len(state.store.list()))
         return JSONResponse(info, 201 if new else 200, headers={"Location": f"/v1/avatars/{info['id']}"})
 

@@ -173,7 +173,15 @@ class ServiceSession:
                 "latency_budget_ms": round(self.latency_budget_s * 1000), "chunk_ms": st.chunk_ms,
                 "lookahead_ms": st.lookahead_ms, "steps": self.stream.controls.steps}
 
+    def cancel(self) -> None:
+        """Stop at once without waiting (from the event loop): the threads and the stream's worker stop after
+        what they are doing; `close()` joins them."""
+        self._stop.set()
+        self._inbox.put(None)
+        self.stream.cancel()
+
     async def aclose(self) -> None:
+        self.cancel()  # the worker stops computing now, not when an executor thread gets to the join
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
@@ -181,8 +189,7 @@ class ServiceSession:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        self._inbox.put(None)
+        self.cancel()
         self.stream.close()
         for thread in (self._feeder, self._output):
             if thread is not threading.current_thread():
