@@ -66,7 +66,8 @@ def test_smoke_report_carries_every_figure(smoke_run):
     figures = report["figures"]
     for impl in bench.IMPLEMENTATIONS:
         for group in (figures["audio_encoder"], figures["renderer_batch_1"], figures["renderer_best_batch"],
-                      figures["end_to_end"], figures["streaming"], *figures["motion_generator"].values()):
+                      figures["source_encoding"], figures["end_to_end"], figures["streaming"],
+                      *figures["motion_generator"].values()):
             fig = group[impl]
             assert fig["measured"] in (True, False)
             if not fig["measured"]:
@@ -74,7 +75,7 @@ def test_smoke_report_carries_every_figure(smoke_run):
     # The float32 paths run on every CPU: they are measured, with counted work and ratios.
     for impl in ("eager fp32", "engine"):
         for fig in (figures["audio_encoder"][impl], figures["motion_generator"]["10"][impl],
-                    figures["renderer_batch_1"][impl], figures["end_to_end"][impl]):
+                    figures["renderer_batch_1"][impl], figures["source_encoding"][impl], figures["end_to_end"][impl]):
             assert fig["measured"], fig
             assert fig["ms"]["min"] <= fig["ms"]["median"] <= fig["ms"]["p80"]
             assert fig["flops_per_unit"] > 0 and fig["bytes_per_unit"] > 0
@@ -95,6 +96,34 @@ def test_smoke_report_carries_every_figure(smoke_run):
     assert report["engine_note"] == bench.ENGINE_ON_CPU
     assert report["sizes"]["reduced"] is True
     assert report["device"]["threads"] == 1 and "1 threads" in report["device"]["name"]  # smoke: one thread
+
+
+def test_smoke_report_measures_dubbings_source_encoding(smoke_run):
+    """Dubbing's per-frame source encoding is a stage of its own: ms per frame of 8 frames encoded in batches of
+    the dub's default size (1 on a CPU), eager and engine side by side, in the JSON, the markdown, the comparison
+    and the GPU suite's summary."""
+    from vasa_engine.bench.compare import compare_reports
+    from vasa_engine.bench.runner import SOURCE_FRAMES
+    from vasa_engine.gpu_suite.steps import _bench_details
+
+    _, json_path, _, _ = smoke_run
+    report = json.loads(json_path.read_text())
+    figures = report["figures"]["source_encoding"]
+    for impl in ("eager fp32", "engine"):
+        fig = figures[impl]
+        assert fig["unit"] == "frame" and fig["batch"] == 1 and fig["units_per_call"] == SOURCE_FRAMES == 8
+        assert fig["ms_per_unit"] == pytest.approx(fig["ms"]["median"] / SOURCE_FRAMES)
+        assert 0 < report["work"]["float32"]["source_encoding"]["flops_per_unit"] == fig["flops_per_unit"]
+    assert figures["engine"]["speedup"]["vs eager fp32"] > 0
+    assert not figures["torch.compile"]["measured"] and "not the extractors" in figures["torch.compile"]["reason"]
+    markdown = md_text(smoke_run)
+    row = next(line for line in markdown.splitlines() if line.startswith("| source encoding (dubbing), ms per frame |"))
+    assert row.count("(b1)") == 3 and row.count("n/m") == 1  # eager fp32, eager bf16, engine; not torch.compile
+    assert "| source encoding (per frame) |" in markdown
+    rows = compare_reports(report, report).rows
+    assert [r.verdict for r in rows if r.figure == "source_encoding" and r.impl == "engine"] == ["ok"]
+    summary = _bench_details(json_path)["source_encoding"]
+    assert summary == f"{figures['engine']['ms_per_unit']:.3g} ms per frame, batch 1"
 
 
 def test_smoke_report_records_correctness_and_the_native_implementations(smoke_run):

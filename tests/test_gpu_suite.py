@@ -321,3 +321,17 @@ def test_an_extension_that_cannot_run_here_fails_its_step(tmp_path):
     with pytest.raises(StepFailed, match="cannot run here: no CUDA device|not built for CUDA") as failed:
         build(skip=True)(StepContext(tmp_path, tmp_path / "extension.log", 60, "extension"))
     assert failed.value.details["extension"]["built"] is True
+
+
+def test_the_bench_steps_line_names_the_source_encoding_or_why_not(tmp_path):
+    """A bench stopped before dubbing's source encoding (a partial report) says so in the step's summary."""
+    from vasa_engine.gpu_suite.steps import _bench_details
+
+    path = tmp_path / "bench-quick.json"
+    device = {"type": "cuda", "name": "Stub GPU"}
+    path.write_text(json.dumps({"partial": True, "device": device, "figures": {}}))
+    assert _bench_details(path)["source_encoding"] == "not reached"
+    path.write_text(json.dumps({"partial": True, "device": device, "figures": {"source_encoding": {"engine": {
+        "measured": False, "reason": "time budget spent"}}}}))
+    details = _bench_details(path)
+    assert details["source_encoding"] == "time budget spent" and details["partial"]

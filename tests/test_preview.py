@@ -15,6 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from helpers import launch_headless_chromium
 from vasa_engine.preview import PreviewServer
 
 pytest.importorskip("websockets")
@@ -34,11 +35,7 @@ def chromium_binary() -> str:
 
 
 def launch_chromium(binary: str, url: str, profile) -> subprocess.Popen:
-    args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-default-apps", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
-            "--force-color-profile=srgb", f"--user-data-dir={profile}", url]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return launch_headless_chromium(binary, url, profile)
 
 
 def stop_process(proc: subprocess.Popen) -> None:

@@ -344,9 +344,9 @@ class Engine:
         "expression": the whole generated change), strength (0..1) blending from the frame's own expression, the
         face pasted back at full resolution. on_long: "error" or "loop" (speech longer than the video);
         fade_frames: the cross-fade back to the original after the speech. video: a path or a
-        vasa_engine.dubbing.SourceVideo. Other options (max_frames, sample_rate, max_seconds, encode_batch):
-        vasa_engine.dubbing.dub. Returns a DubResult: frames at the source's size and frame rate, the speech, the
-        per-frame driving parameters and a DubReport."""
+        vasa_engine.dubbing.SourceVideo. Other options (max_frames, sample_rate, max_seconds, encode_batch, render_batch,
+        smoothing): vasa_engine.dubbing.dub. Returns a DubResult: frames at the source's size and frame rate, the
+        speech, the per-frame driving parameters and crops, and a DubReport."""
         from .dubbing import dub
 
         return dub(self, video, audio, controls, mode=mode, on_long=on_long, strength=strength,

@@ -115,7 +115,7 @@ def _timed_figures(report: dict):
     groups = [("audio_encoder", figs.get("audio_encoder", {}))]
     groups += [(f"motion_generator.{s}", g) for s, g in figs.get("motion_generator", {}).items()]
     groups += [(f"renderer_scan.{b}", {impl: runs[b] for impl, runs in scan.items() if b in runs}) for b in batches]
-    groups += [("renderer_best_batch", figs.get("renderer_best_batch", {})), ("end_to_end", figs.get("end_to_end", {}))]
+    groups += [(name, figs.get(name, {})) for name in ("renderer_best_batch", "source_encoding", "end_to_end")]
     for path, group in groups:
         for impl in IMPLEMENTATIONS:
             if impl in group:

@@ -46,7 +46,8 @@ def _engine_only(cell: str) -> str:
 
 def _with_every_group(report: dict) -> dict:
     """The report with an empty group for every figure a partial report has not reached yet (shown as n/m)."""
-    figs = {key: {} for key in ("audio_encoder", "renderer_batch_1", "renderer_best_batch", "end_to_end", "streaming")}
+    figs = {key: {} for key in ("audio_encoder", "renderer_batch_1", "renderer_best_batch", "source_encoding",
+                                "end_to_end", "streaming")}
     figs.update(report.get("figures", {}))
     figs["motion_generator"] = {str(st): {} for st in STEPS} | figs.get("motion_generator", {})
     return {**report, "figures": figs}
@@ -137,6 +138,7 @@ def _figures(report: dict) -> list[str]:
     row("renderer, ms per frame, batch 1", figs["renderer_batch_1"])
     row("renderer, ms per frame, best batch", figs["renderer_best_batch"], "ms_b")
     row("renderer, fps, best batch", figs["renderer_best_batch"], "fps")
+    row("source encoding (dubbing), ms per frame", figs["source_encoding"], "ms_b")
     out = report["sizes"]["renderer_output"]
     row(f"end to end, fps ({out}, {s['e2e_seconds_of_audio']:g} s of audio)", figs["end_to_end"], "fps")
     stream = figs["streaming"].get("engine", {})
@@ -192,6 +194,7 @@ def _speedups(figs: dict) -> list[str]:
         row(f"motion generator, {st} steps", figs["motion_generator"][str(st)])
     row("renderer, batch 1", figs["renderer_batch_1"])
     row("renderer, best batch", figs["renderer_best_batch"])
+    row("source encoding (dubbing)", figs["source_encoding"])
     row("end to end", figs["end_to_end"])
     return lines
 
@@ -216,6 +219,7 @@ def _work(report: dict) -> list[str]:
     row("motion generator (per window, 10 steps)", figs["motion_generator"]["10"].get("engine"))
     row("renderer (per frame, batch 1)", figs["renderer_batch_1"].get("engine"))
     row("renderer (per frame, best batch)", figs["renderer_best_batch"].get("engine"))
+    row("source encoding (per frame)", figs["source_encoding"].get("engine"))
     row("end to end (per frame)", figs["end_to_end"].get("engine"))
     return lines
 

@@ -82,7 +82,7 @@ def add_ratios(report: dict) -> None:
 
     figs = report["figures"]
     for group in (figs["audio_encoder"], *figs["motion_generator"].values(), figs["renderer_batch_1"],
-                  figs["renderer_best_batch"], figs["end_to_end"]):
+                  figs["renderer_best_batch"], figs.get("source_encoding", {}), figs["end_to_end"]):
         add(group)
 
 
@@ -105,7 +105,7 @@ def figure_paths(report: dict) -> list[tuple[str, Any]]:
         out.append((f"audio_encoder.{name}", figs.get("audio_encoder", {}).get(name)))
         for s in STEPS:
             out.append((f"motion_generator.{s}.{name}", figs.get("motion_generator", {}).get(str(s), {}).get(name)))
-        for group in ("renderer_batch_1", "renderer_best_batch", "end_to_end", "streaming"):
+        for group in ("renderer_batch_1", "renderer_best_batch", "source_encoding", "end_to_end", "streaming"):
             out.append((f"{group}.{name}", figs.get(group, {}).get(name)))
     return out
 

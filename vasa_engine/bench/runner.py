@@ -17,12 +17,15 @@ from .figures import dtype_name, error_reason, is_measured, not_measured
 from .implementations import IMPLEMENTATIONS, Implementation
 from .sizes import FPS, STEPS
 from .stages import (audio_encoder_stage, end_to_end_stage, motion_generator_stage, renderer_stage,
-                     speech_clip)
+                     source_encoding_stage, speech_clip)
 from .streams import stream_concurrently, stream_once
 from .timing import PROBE_SIZES, StageFn, machine_probe, sync, time_call
 from .work import attach_work, work_for
 
 SKIPPED = "skipped (--skip)"
+SOURCE_FRAMES = 8  # video frames a call of the source-encoding figure encodes
+NOT_COMPILED = ("not measured: the torch.compile variant compiles the audio encoder, the denoiser and the renderer's "
+                "warp + decode, not the extractors, so its source encoding is eager PyTorch")
 CONCURRENT_RULE = ("a count keeps up when, for every stream, the median latency of its last quarter of frames "
                    "exceeds its first quarter's by less than one chunk, and no push ran a chunk or more behind "
                    "the real-time schedule (back-pressure): no backlog builds")
@@ -43,8 +46,8 @@ class Runner:
                                                "before every repeat (probe_ms of each figure)")
 
     def run(self, cfgs: dict) -> None:
-        for stage in (self.correctness, self.audio_encoder, self.motion_generator, self.renderer, self.end_to_end,
-                      self.streaming):
+        for stage in (self.correctness, self.audio_encoder, self.motion_generator, self.renderer,
+                      self.source_encoding, self.end_to_end, self.streaming):
             stage(cfgs)
             self.checkpoint(self.report)
 
@@ -208,6 +211,20 @@ class Runner:
             else:
                 reasons = {f["reason"] for f in runs.values()}
                 best[name] = not_measured("; ".join(sorted(reasons)) or "no batch size measured")
+
+    def source_encoding(self, cfgs=None):
+        """Dubbing's per-frame source encoding, ms per frame: SOURCE_FRAMES frames in batches of the engine's batch
+        size (the dub's default)."""
+        fig = self.figures["source_encoding"] = {}
+        for impl in self._runnable(fig, lambda impl: NOT_COMPILED if impl.name == "torch.compile" else None):
+            batch = impl.engine.batch_size
+            fn = source_encoding_stage(impl.engine, impl.avatar, SOURCE_FRAMES, batch)
+            f = self._measure(impl, f"source encoding, {SOURCE_FRAMES} frames", fn, SOURCE_FRAMES, "frame",
+                              "source_encoding", batch=batch, first_call=False)
+            if is_measured(f):
+                f["batch"] = batch
+            fig[impl.name] = f
+        self._fill_skipped(fig)
 
     def end_to_end(self, cfgs=None):
         from ..generation import Controls

@@ -52,6 +52,29 @@ def renderer_stage(engine, avatar, motion) -> StageFn:
     return _no_grad(lambda: engine.render_on_device(avatar, m).permute(0, 3, 1, 2))
 
 
+def source_encoding_stage(engine, avatar, frames: int, batch_size: int | None = None) -> StageFn:
+    """Dubbing's per-frame source encoding (`vasa_engine.dubbing.sources.encode_frames`) of `frames` video frames:
+    each frame's face crop cut from the frame at its crop matrix and resized for the networks, then the appearance
+    and motion extractors on batch_size crops at once (default: the engine's batch size, as the dub), under the
+    engine's backend. The frames are the avatar's photo, each cut at its crop moved by a quarter pixel more than the
+    last (a tracked crop, never the detected one, whose crop the dub would reuse)."""
+    from ..dubbing.sources import encode_frames
+
+    photos = [avatar.photo] * frames
+    alignments = [avatar.alignment] * frames
+    matrices = []
+    for k in range(frames):
+        m = avatar.alignment.image_to_crop.copy()
+        m[:, 2] += 0.25 * (k + 1)
+        matrices.append(m)
+
+    def run():
+        return encode_frames(engine.renderer, engine.face_aligner, photos, alignments, matrices, device=engine.device,
+                             backend=engine.backend, batch_size=batch_size or engine.batch_size)
+
+    return _no_grad(run)
+
+
 def end_to_end_stage(engine, avatar, samples, controls=None, batch_size: int | None = None) -> StageFn:
     """Speech samples (16 kHz) -> uint8 frames on the host through `Engine.generate` (audio encoder, motion
     generator, renderer at `batch_size`, by default the engine's)."""

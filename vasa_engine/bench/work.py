@@ -96,6 +96,13 @@ def count_work(fn: Callable, modules) -> dict:
             "bytes": w + counter.activations, "bytes_unfused": w + counter.unfused}
 
 
+def _per_frame(w: dict, counted: str) -> dict:
+    """A per-frame stage's counted work (`count_work` at batch 1): weights read once per batch, the rest per frame."""
+    return {"unit": "frame", "flops_per_unit": w["flops"], "weight_bytes_per_batch": w["weight_bytes"],
+            "activation_bytes_per_unit": w["activation_bytes"], "bytes_per_unit_at_batch_1": w["bytes"],
+            "bytes_unfused_per_unit_at_batch_1": w["bytes_unfused"], "counted": counted}
+
+
 def work_per_unit(cfgs: dict, dtype: torch.dtype, branches: int) -> dict:
     """Counted work of each stage at `dtype`, per its unit, for the configs `cfgs` ("renderer", "audio", "motion").
     Modules are built on the meta device (no weights)."""
@@ -112,11 +119,12 @@ def work_per_unit(cfgs: dict, dtype: torch.dtype, branches: int) -> dict:
         kp = torch.empty(1, rcfg.motion_extractor.num_kp, 3)
         w = count_work(lambda: renderer.warp_decode(feature, kp, kp), [renderer.warping_module,
                                                                       renderer.spade_generator])
-        out["renderer"] = {"unit": "frame", "flops_per_unit": w["flops"], "weight_bytes_per_batch": w["weight_bytes"],
-                           "activation_bytes_per_unit": w["activation_bytes"],
-                           "bytes_per_unit_at_batch_1": w["bytes"],
-                           "bytes_unfused_per_unit_at_batch_1": w["bytes_unfused"],
-                           "counted": "warping module + SPADE decoder at batch 1 (the keypoint MLPs are negligible)"}
+        out["renderer"] = _per_frame(w, "warping module + SPADE decoder at batch 1 (the keypoint MLPs are negligible)")
+
+        w = count_work(lambda: renderer.encode_source(image), [renderer.appearance_feature_extractor,
+                                                                renderer.motion_extractor])
+        out["source_encoding"] = _per_frame(w, "appearance + motion extractors at batch 1 (the crop's warp and "
+                                               "resize are not counted)")
 
         audio = AudioFeatureEncoder(acfg, mcfg.feature_dim).to(dtype)
         window_samples = mcfg.n_motions * SAMPLE_RATE // FPS
@@ -144,8 +152,8 @@ def work_per_unit(cfgs: dict, dtype: torch.dtype, branches: int) -> dict:
 def work_for(stage: str, work: dict, units: float, batch: int = 1, steps: int = 1) -> tuple[float, float]:
     """(FLOPs, bytes) per call of `stage` doing `units` units (frames end to end: the three stages' work, the
     motion generator at E2E_STEPS)."""
-    if stage == "renderer":
-        r = work["renderer"]
+    if stage in ("renderer", "source_encoding"):  # weights read once per batch, activations per frame
+        r = work[stage]
         return r["flops_per_unit"] * units, r["weight_bytes_per_batch"] * units / batch + r[
             "activation_bytes_per_unit"] * units
     if stage == "audio_encoder":

@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="eager PyTorch (fp32, bf16), torch.compile and the engine, stage by stage: "
                                      "JSON + markdown table",
                        description="Measure the audio encoder (per second of audio), the motion generator (per "
-                                   "window at 1, 5 and 10 steps), the renderer (per frame, batch scan) and end to "
+                                   "window at 1, 5 and 10 steps), the renderer (per frame, batch scan), dubbing's source encoding (per frame) and end to "
                                    "end (fps) for the eager PyTorch reference in float32 and bfloat16, torch.compile "
                                    "and the engine, on the same weights, with counted FLOPs and bytes and the "
                                    "percent of the device's peak. See benches/README.md.")

@@ -10,6 +10,7 @@ from ..cli import add_engine_options, add_generation_options, engine_from_args, 
 
 
 def add_parser(sub) -> None:
+    from ..cli import positive_int
     from ..dubbing import MODES, ON_LONG
 
     p = sub.add_parser("dub", help="lip-sync an existing video of a person to new speech (the video's own head "
@@ -28,6 +29,12 @@ def add_parser(sub) -> None:
                         "forth)")
     d.add_argument("--fade-frames", type=int, default=6,
                    help="frames of cross-fade back to the original face after the speech ends (default 6)")
+    d.add_argument("--no-crop-smoothing", action="store_true",
+                   help="cut each frame's face crop where it is detected on that frame, instead of smoothing it "
+                        "along the face's track (the pasted face may then jitter)")
+    d.add_argument("--encode-batch", type=positive_int,
+                   help="face crops through the extractors at once (default: as --batch-size, the frames rendered "
+                        "at once: 8 on CUDA, 1 on CPU)")
     g = p.add_argument_group("faces")
     g.add_argument("--face-models", metavar="DIR",
                    help="folder of the face detector and landmark models (default: the download cache's)")
@@ -38,7 +45,7 @@ def add_parser(sub) -> None:
 
 def cmd_dub(args) -> int:
     from ..cli import _controls, device_line, write_frames
-    from ..dubbing import read_source_video
+    from ..dubbing import CropSmoothing, read_source_video
     from ..io.audio import SAMPLE_RATE
     from ..io.video import VideoWriter, check_output_path
     from ..io.watermark import Watermark
@@ -52,7 +59,8 @@ def cmd_dub(args) -> int:
     if engine.face_aligner.fallback:
         print(f"warning: {engine.face_aligner.fallback_reason}")
     result = engine.dub(source, args.audio, controls, mode=args.mode, on_long=args.on_long, strength=args.strength,
-                        fade_frames=args.fade_frames, max_frames=args.frames, max_seconds=args.max_audio_seconds)
+                        fade_frames=args.fade_frames, max_frames=args.frames, max_seconds=args.max_audio_seconds,
+                        encode_batch=args.encode_batch, smoothing=None if args.no_crop_smoothing else CropSmoothing())
     frames = result.frames[:, : result.frames.shape[1] // 2 * 2, : result.frames.shape[2] // 2 * 2]
     watermark = Watermark() if args.watermark else None
     with VideoWriter(out, fps=result.fps, audio=(result.audio, SAMPLE_RATE)) as writer:

@@ -1,8 +1,9 @@
 """Dubbing: an existing video of a person and new speech in, the same video out with the face following the speech.
 
-Every frame of the video is a source. The face is aligned on each frame (detected afresh, so a new shot after a scene
-cut gets its own face), its crop encoded by the appearance and motion extractors in batches, and the frame
-re-rendered from its own encoding: the head pose, scale and translation are the frame's own, the expression comes
+Every frame of the video is a source. The face is detected on each frame (so a new shot after a scene cut gets its
+own face), its crop smoothed along the face's track so the pasted face does not jitter (`tracking`), the crops
+encoded by the appearance and motion extractors in batches, and the frames re-rendered in batches, each from its
+own encoding: the head pose, scale and translation are the frame's own, the expression comes
 from the motion generated for the new speech (`Engine.generate_motion` on the first face frame), either only the
 lip keypoints ("lips") or the whole generated change of expression ("expression"), blended with the frame's own by
 a strength. The animated face is pasted back into the frame at full resolution (vasa_engine.faces.paste_back), so
@@ -13,12 +14,14 @@ Speech longer than the video is refused, or (on_long="loop") the video plays bac
 speech shorter than the video leaves the rest of the video as it was, reached by a cross-fade over a few frames.
 
 Modules: `video_input` (decoding upright, the frame-rate checks), `sources` (scene cuts, per-frame alignment, batched
-encoding), `schedule` (timing and the driving parameters, pure functions), `run` (the whole dub).
+crop and encoding), `tracking` (face tracks and the smoothed crop), `schedule` (timing and the driving parameters,
+pure functions), `run` (the whole dub).
 """
 
 from .run import DubReport, DubResult, dub
 from .schedule import MODES, ON_LONG, dub_expression, dub_motion, plan, resample
+from .tracking import CropSmoothing
 from .video_input import SourceVideo, read_source_video
 
-__all__ = ["DubReport", "DubResult", "MODES", "ON_LONG", "SourceVideo", "dub", "dub_expression", "dub_motion", "plan",
-           "read_source_video", "resample"]
+__all__ = ["CropSmoothing", "DubReport", "DubResult", "MODES", "ON_LONG", "SourceVideo", "dub", "dub_expression",
+           "dub_motion", "plan", "read_source_video", "resample"]

@@ -1,5 +1,6 @@
-"""Every frame of the video as a source: scene cuts, the face aligned per frame, and the crops encoded in batches
-(the appearance and motion extractors run on several crops at once)."""
+"""Every frame of the video as a source: scene cuts, the face aligned per frame, and the face crops (at the tracked
+crop of vasa_engine.dubbing.tracking) cut and encoded in batches (the appearance and motion extractors run on several
+crops at once)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from ..avatar import DEFAULT_SOURCE_EYE_RATIO, DEFAULT_SOURCE_LIP_RATIO, Avatar
 from ..backend import use as use_backend
 from ..errors import InputError
+from ..faces.alignment import Alignment
 from ..models.keypoints import eye_ratios, lip_ratio
 from ..models.renderer import FaceRenderer, SourceState
 
@@ -67,27 +69,44 @@ def _source_ratios(alignments: list) -> tuple[torch.Tensor, torch.Tensor]:
     return eye, lip
 
 
+def tracked_alignment(aligner, frame: np.ndarray, detected: Alignment, image_to_crop: np.ndarray) -> Alignment:
+    """The frame's face crop at `image_to_crop` (its tracked crop) in place of the detected one: the crop cut from the
+    frame as the aligner cuts it, the detected landmarks carried into it."""
+    from ..faces.geometry import apply_affine, invert_affine, warp_affine
+
+    m = np.asarray(image_to_crop, np.float64)
+    if np.array_equal(m, detected.image_to_crop):
+        return detected
+    crop = warp_affine(frame, m, aligner.crop_spec.size, device=aligner.device, padding=aligner.padding)
+    points = detected.image_landmarks
+    return Alignment(crop=crop.cpu().numpy(), image_to_crop=m, crop_to_image=invert_affine(m),
+                     landmarks=None if points is None else apply_affine(m, points), image_landmarks=points,
+                     box=detected.box, image_shape=detected.image_shape, method=detected.method,
+                     warnings=list(detected.warnings))
+
+
 @torch.no_grad()
-def encode_frames(renderer: FaceRenderer, frames: list[np.ndarray], alignments: list, *, device: torch.device,
-                  backend: str, batch_size: int = 8) -> list[Avatar]:
-    """Each frame's face crop -> an Avatar (its feature volume and keypoint parameters), the extractors run on
-    batch_size crops at once. frames and alignments correspond; every alignment is a face."""
+def encode_frames(renderer: FaceRenderer, aligner, frames: list[np.ndarray], alignments: list, matrices: list, *,
+                  device: torch.device, backend: str, batch_size: int) -> list[Avatar]:
+    """Each frame's face cut at its crop matrix (`tracked_alignment`) -> an Avatar (its feature volume and keypoint
+    parameters), the extractors run on batch_size crops at once. frames, alignments (each a detected face) and
+    matrices correspond."""
     from ..io.image import resize, to_tensor
 
     size = renderer.cfg.input_size
-    images = [resize(a.crop, size) for a in alignments]
-    eye, lip = _source_ratios(alignments)
     avatars: list[Avatar] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        batch = torch.cat([to_tensor(image) for image in chunk]).to(device)
+    for start in range(0, len(frames), batch_size):
+        stop = min(start + batch_size, len(frames))
+        faces = [tracked_alignment(aligner, frames[i], alignments[i], matrices[i]) for i in range(start, stop)]
+        images = [resize(a.crop, size) for a in faces]
+        eye, lip = _source_ratios(faces)
+        batch = torch.cat([to_tensor(image) for image in images]).to(device)
         with use_backend(backend):
             state = renderer.encode_source(batch)
-        for k in range(len(chunk)):
-            i = start + k
+        for k, face in enumerate(faces):
             one = SourceState(**{f.name: getattr(state, f.name)[k : k + 1] for f in fields(state)})
-            avatars.append(Avatar(chunk[k], one, eye[i : i + 1].to(device), lip[i : i + 1].to(device),
-                                  photo=frames[i], alignment=alignments[i]))
+            avatars.append(Avatar(images[k], one, eye[k : k + 1].to(device), lip[k : k + 1].to(device),
+                                  photo=frames[start + k], alignment=face))
     return avatars
 
 

@@ -4,7 +4,9 @@
   vasa_engine._C_cuda imports and has code for this device (`--skip-build`: the check alone, step "extension");
 - engine-check: the full-size engine against eager PyTorch for a few frames (vasa_engine.gpu_suite.engine_check);
 - bench-quick, bench-full: `vasa-engine bench --mode gpu` in a process of its own, its report written into the
-  output folder after every figure, so a step stopped at its limit still leaves what it measured.
+  output folder after every figure, so a step stopped at its limit still leaves what it measured. Every stage is
+  measured, dubbing's per-frame source encoding (face crop, appearance and motion extractors) among them, right
+  after the renderer; the step's line gives the engine's source encoding in ms per frame.
 
 first-contact: build, gpu-tests, engine-check (no torch.compile at all). full: those, then bench-quick (no
 torch.compile: the engine against eager PyTorch), kernel-benches, bench-full (torch.compile max-autotune included,
@@ -119,7 +121,8 @@ def bench(tag: str, quick: bool, compile_too: bool):
         details = _bench_details(path)
         problems = details["failures"] + [f"the report is incomplete: {p}" for p in details["problems"][:1]]
         return conclude(details, problems, code, "the bench", ctx.log,
-                        f"{path.name}: {details['measured']} figures measured, {details['not_measured']} not")
+                        f"{path.name}: {details['measured']} figures measured, {details['not_measured']} not; "
+                        f"engine source encoding (dubbing): {details['source_encoding']}")
 
     return run
 
@@ -137,8 +140,11 @@ def _bench_details(path: Path) -> dict:
         markdown = f"(the report has no markdown yet: {type(exc).__name__} {exc})"
     figures = [fig for _, fig in figure_paths(report)]
     measured = sum(is_measured(fig) for fig in figures)
+    encoding = report.get("figures", {}).get("source_encoding", {}).get("engine")
     return {"report": path.name, "partial": bool(report.get("partial")), "problems": validate_report(report)[:10],
             "failures": report_failures(report), "measured": measured, "not_measured": len(figures) - measured,
+            "source_encoding": (f"{encoding['ms_per_unit']:.3g} ms per frame, batch {encoding['batch']}"
+                                if is_measured(encoding) else (encoding or {}).get("reason", "not reached")),
             "not_measured_reasons": report.get("not_measured", [])[:20], "markdown": markdown}
 
 
