@@ -372,6 +372,19 @@ def test_max_sessions_refuses_with_1013(engine, avatar_id, server, tmp_path):
         assert wait_until(lambda: one.state.connections == 0)
 
 
+def test_silent_connection_is_closed_after_the_start_timeout(engine, server):
+    cfg = ServiceConfig(port=0, avatars=server.config.avatars, start_timeout_s=0.5)
+    with BackgroundServer(engine, cfg) as quick:
+        async def go():
+            ws = await ws_connect(quick.ws_url)
+            await asyncio.wait_for(ws.wait_closed(), 30)
+            return ws.close_code, ws.close_reason
+
+        code, reason = run(go())
+        assert code == 4408 and "no start message" in reason
+        assert wait_until(lambda: quick.state.connections == 0)
+
+
 def test_token(engine, server, avatar_id, portrait):
     cfg = ServiceConfig(port=0, avatars=server.config.avatars, token="s3cret")
     with BackgroundServer(engine, cfg) as locked:
