@@ -7,7 +7,8 @@ reference.
 
 Where the code is: config.py (ServiceConfig), protocol.py (messages, close codes), avatar_store.py (the store),
 session.py (one client's stream: feed and output threads), app.py (the Starlette app and the WebSocket handler),
-webrtc.py (media out over WebRTC, aiortc), page.py (the page), metrics.py (Prometheus), server.py (uvicorn).
+webrtc.py (media out over WebRTC, aiortc), page.py (the page), metrics.py (Prometheus), server.py (uvicorn),
+load.py (the load test), scaleout/ (`serve --ray`: Ray Serve deployments).
 """
 
 from .config import ServiceConfig

@@ -105,10 +105,20 @@ def create_app(engine, config: ServiceConfig | None = None, *, host=None) -> Sta
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    async def drop_body(request: Request, upto: int) -> int:
+        """Read and drop the body (up to `upto` bytes), so a client still sending it gets the answer."""
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > upto:
+                break
+        return seen
+
     async def create_avatar(request: Request) -> Response:
-        if not state.authorized(request.headers):
-            return unauthorized()
         limit = config.max_upload_bytes
+        if not state.authorized(request.headers):
+            await drop_body(request, limit)
+            return unauthorized()
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return bad(413, f"portrait too large: {int(length)} bytes, at most {limit}", "too_large")

@@ -200,7 +200,12 @@ class AvatarStore:
                 os.replace(build, folder)
                 shutil.rmtree(old, ignore_errors=True)
             else:
-                os.replace(build, folder)
+                try:
+                    os.replace(build, folder)
+                except OSError:
+                    if not (folder / "avatar.json").is_file():
+                        raise
+                    shutil.rmtree(build, ignore_errors=True)  # another process sharing the store wrote it first
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise

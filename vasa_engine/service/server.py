@@ -13,8 +13,9 @@ from .config import ServiceConfig
 def uvicorn_config(app, config: ServiceConfig, *, log_level: str = "info"):
     import uvicorn
 
+    # the protocol stacks are named, not "auto": what is installed beside (uvloop, httptools) must not change them
     return uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level, lifespan="off",
-                          ws="websockets-sansio", ws_max_size=config.max_message_bytes, ws_ping_interval=10.0,
+                          loop="asyncio", http="h11", ws="websockets-sansio", ws_max_size=config.max_message_bytes, ws_ping_interval=10.0,
                           ws_ping_timeout=10.0, timeout_graceful_shutdown=5, access_log=False)
 
 
