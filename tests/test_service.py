@@ -4,6 +4,7 @@ authentication, limits, and the metrics."""
 
 import asyncio
 import http.client
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -111,8 +113,8 @@ def test_avatar_store_routes(server, portrait, avatar_id, tmp_path):
     assert avatar_id in [a["id"] for a in client.avatars()]
     assert client.avatar(avatar_id)["id"] == avatar_id
     # a second portrait: created (201), then deleted (204), then unknown (404)
-    flipped = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(server_image(portrait)))[:, ::-1]
-    other = png_bytes(flipped)
+    with Image.open(io.BytesIO(portrait)) as im:
+        other = png_bytes(np.asarray(im)[:, ::-1])
     req = urllib.request.Request(server.url + "/v1/avatars", data=other, method="POST",
                                  headers={"Content-Type": "image/png"})
     with urllib.request.urlopen(req, timeout=60) as r:
@@ -128,17 +130,7 @@ def test_avatar_store_routes(server, portrait, avatar_id, tmp_path):
     assert info.value.status == 404
 
 
-def server_image(data: bytes):
-    import io
-
-    return io.BytesIO(data)
-
-
 def png_bytes(array) -> bytes:
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
     return buf.getvalue()

@@ -105,36 +105,32 @@ def create_app(engine, config: ServiceConfig | None = None, *, host=None) -> Sta
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def drop_body(request: Request, upto: int) -> int:
-        """Read and drop the body (up to `upto` bytes), so a client still sending it gets the answer."""
-        seen = 0
+    async def read_body(request: Request, keep: int, upto: int) -> tuple[bytes, int]:
+        """-> (the body's first `keep` bytes, bytes read). Reading goes on (dropping) up to `upto` bytes, so a
+        client still sending gets the answer that follows."""
+        body, seen = bytearray(), 0
         async for chunk in request.stream():
+            if seen < keep:
+                body += chunk[: keep - seen]
             seen += len(chunk)
             if seen > upto:
                 break
-        return seen
+        return bytes(body), seen
 
     async def create_avatar(request: Request) -> Response:
         limit = config.max_upload_bytes
         if not state.authorized(request.headers):
-            await drop_body(request, limit)
+            await read_body(request, 0, limit)
             return unauthorized()
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return bad(413, f"portrait too large: {int(length)} bytes, at most {limit}", "too_large")
-        body = bytearray()
-        seen = 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen <= limit:
-                body += chunk
-            elif seen > LINGER_FACTOR * limit:
-                break  # stop reading: the client gets the answer if it is still listening
+        body, seen = await read_body(request, limit, LINGER_FACTOR * limit)
         if seen > limit:
             # the body was read (up to a bound) and dropped, so the client, still sending, gets this answer
             return bad(413, f"portrait too large: more than {limit} bytes", "too_large")
         try:
-            info, new = await state.host.add_avatar(bytes(body), request.headers.get("content-type"))
+            info, new = await state.host.add_avatar(body, request.headers.get("content-type"))
         except InputError as exc:
             return bad(400, one_line(exc), "bad_image")
         except ServiceFull as exc:  # scale-out: no replica free to prepare it

@@ -271,32 +271,30 @@ class ServiceSession:
         self._events.put_nowait(event)
 
     def _drop_oldest_frame(self) -> None:
-        kept = []
-        dropped = False
-        while not self._events.empty():
-            event = self._events.get_nowait()
-            if not dropped and isinstance(event, OutFrame):
-                dropped = True
-                self._frames_queued -= 1
-                self.stats.dropped += 1
-                self.stats.dropped_speech += event.kind == "speech"
-                continue
-            kept.append(event)
-        for event in kept:
-            self._events.put_nowait(event)
+        """A slow client: the oldest queued frame goes (counted as dropped)."""
+        for event in self._remove_frames(lambda f: True, limit=1):
+            self.stats.dropped += 1
+            self.stats.dropped_speech += event.kind == "speech"
 
     def _drop_queued_speech(self) -> None:
         """Interrupt: frames of speech queued for the client but not sent go too (they are the dropped utterance's
         or older; idle frames stay)."""
-        kept = []
+        self._remove_frames(lambda f: f.kind == "speech")
+
+    def _remove_frames(self, which, limit: int | None = None) -> list[OutFrame]:
+        """Take the queued OutFrames `which(frame)` selects (the first `limit` of them) out of the event queue,
+        keeping the order of everything else; -> the frames taken."""
+        kept, taken = [], []
         while not self._events.empty():
             event = self._events.get_nowait()
-            if isinstance(event, OutFrame) and event.kind == "speech":
-                self._frames_queued -= 1
-                continue
-            kept.append(event)
+            if isinstance(event, OutFrame) and (limit is None or len(taken) < limit) and which(event):
+                taken.append(event)
+            else:
+                kept.append(event)
         for event in kept:
             self._events.put_nowait(event)
+        self._frames_queued -= len(taken)
+        return taken
 
     def _fail(self, exc: BaseException) -> None:
         message = str(exc) if isinstance(exc, VasaError) else f"the session failed: {one_line(exc)}"

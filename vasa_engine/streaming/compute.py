@@ -5,6 +5,7 @@ session (session.py) decides when; this decides what."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -24,7 +25,8 @@ class StreamCompute:
     """The stages one session runs, on its engine (the engine's own stages and graphs, shared with every other
     session and with offline generation; an engine variant without graphs when the settings turn them off)."""
 
-    def __init__(self, engine, avatar, controls: Controls, settings: StreamSettings):
+    def __init__(self, engine, avatar, controls: Controls, settings: StreamSettings, *,
+                 cancelled: Callable[[], bool] = lambda: False):
         if not settings.cuda_graphs and engine.cuda_graphs:
             engine = engine.variant(cuda_graphs=False)
         self.engine, self.avatar, self.controls, self.settings = engine, avatar, controls, settings
@@ -43,7 +45,7 @@ class StreamCompute:
         # batched: the engine's device scheduler runs this session's windows and frames (admission first)
         self.scheduler = engine.scheduler if settings.batched else None
         self.slot = self.scheduler.open_slot() if settings.batched else None
-        self.cancelled = lambda: False  # the session's: True once it is closed (its renders are skipped)
+        self.cancelled = cancelled  # the session's: True once it is closed (its renders are skipped)
 
     def set_controls(self, controls: Controls, utterance_driving: Driving | None) -> None:
         """New controls from the next chunk on: the sampler's conditions and steps, and the driving of the current
@@ -56,6 +58,11 @@ class StreamCompute:
         if utterance_driving is not None:
             utterance_driving.controls = controls
             utterance_driving.keep = float(controls.smoothing)
+
+    def eye_open(self) -> float:
+        """The eye openness idle blinks close from: the controls' target, else the portrait's own."""
+        c = self.controls
+        return float(c.eye_openness if c.eye_openness is not None else self.avatar.eye_ratio.float().mean())
 
     def release(self) -> None:
         """Leave the device scheduler (batched sessions): queued work is cancelled, the slot freed."""

@@ -94,10 +94,7 @@ class StreamSession(AsyncForms, Reporting, SessionWorker):
         self.settings.check(cfg.n_motions)
         self._cfg = cfg
         self.device = engine.device
-        self._compute = StreamCompute(engine, avatar, self.controls, self.settings)
-        self._compute.cancelled = lambda: self._closed
-        self._eye_open = float(self.controls.eye_openness if self.controls.eye_openness is not None
-                               else avatar.eye_ratio.float().mean())
+        self._compute = StreamCompute(engine, avatar, self.controls, self.settings, cancelled=lambda: self._closed)
 
         self._cond = threading.Condition()
         self._events: deque = deque()  # ("audio", uid, samples16k, t) | ("end", uid, t)

@@ -66,10 +66,7 @@ class SessionWorker:
         kind, uid, t = ev[0], ev[1], ev[-1]
         utt = self._utt
         if kind == "controls":
-            controls = ev[2]
-            self._compute.set_controls(controls, utt.driving if utt is not None else None)
-            self._eye_open = float(controls.eye_openness if controls.eye_openness is not None
-                                   else self.avatar.eye_ratio.float().mean())
+            self._compute.set_controls(ev[2], utt.driving if utt is not None else None)
             return
         if kind == "drop":
             self._flush_inflight()
@@ -209,7 +206,7 @@ class SessionWorker:
         rendered = self._compute.render(motion, deadline) if self.settings.render else None
         host = {k: v.detach().cpu() for k, v in motion.params().items()}
         if motion.blink is not None:
-            host["eye"] = (self._eye_open * (1 - motion.blink)).cpu()
+            host["eye"] = (self._compute.eye_open() * (1 - motion.blink)).cpu()
         elif motion.eye is not None:
             host["eye"] = motion.eye.cpu()
         frames = []
